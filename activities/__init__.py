@@ -1,0 +1,1 @@
+"""Temporal activities: all I/O, one module per external system."""

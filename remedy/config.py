@@ -1,0 +1,390 @@
+"""`remedy.toml`, loaded with pydantic-settings.
+
+Secrets never live in the file: it names environment variables (`*_env` keys) and
+`secret()` reads them at the moment of use, so no token is held in a model that could
+travel into a workflow input, a log line or a prompt.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from remedy.models import ServicePolicy, Severity
+from remedy.names import SERVICE_NAME_PATTERN, TASK_QUEUE
+
+DEFAULT_CONFIG_PATH = Path("remedy.toml")
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the person who has to fix the file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TemporalConfig(_Section):
+    address: str = "127.0.0.1:7233"
+    namespace: str = "default"
+    task_queue: str = TASK_QUEUE
+    ui_url: str = "http://127.0.0.1:8233"
+    profile: str | None = Field(
+        default=None, description="temporal.toml profile (temporalio.envconfig) for real clusters"
+    )
+    api_key_env: str | None = Field(
+        default=None, description="env var holding a Temporal Cloud key"
+    )
+    dev_ui_port: int = 8233
+    dev_db: str = "temporal.sqlite"
+
+
+class IntakeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = Field(default=262_144, ge=1024)
+    coalesce_interval_s: float = Field(
+        default=0.5, gt=0, description="How long duplicate reports are gathered before one signal"
+    )
+    public_url: str | None = None
+
+
+class WorkerConfig(_Section):
+    max_concurrent_activities: int = Field(default=8, ge=1)
+    max_concurrent_workflow_tasks: int = Field(default=8, ge=1)
+    graceful_shutdown_s: float = Field(default=10.0, ge=0)
+
+
+class LimitsConfig(_Section):
+    approval_timeout_s: int = Field(default=86_400, ge=1)
+    quiet_window_s: int = Field(default=3_600, ge=0)
+    max_diff_lines: int = Field(default=200, ge=1)
+    sync_timeout_s: int = Field(default=600, ge=1)
+    test_timeout_s: int = Field(default=600, ge=1, description="Wall clock per sandboxed test run")
+    test_cpu_s: int = Field(default=600, ge=1, description="CPU seconds per sandboxed process")
+    test_memory_mb: int = Field(
+        default=4096, ge=64, description="Address space per sandboxed process (RLIMIT_AS)"
+    )
+    test_max_file_mb: int = Field(
+        default=512, ge=1, description="Largest file a sandboxed test may write, its log included"
+    )
+    max_diagnoses_per_hour: int = Field(
+        default=30, ge=1, description="Per service; beyond it incidents end rate_limited"
+    )
+    max_tokens_per_incident: int = Field(
+        default=400_000, ge=1_000, description="LLM tokens (in + out); beyond it: rate_limited"
+    )
+
+
+class PolicyConfig(_Section):
+    default_severity: Severity = Severity.HIGH
+    notify_only_below: Severity = Field(
+        default=Severity.MEDIUM,
+        description="Incidents less severe than this are notified, not investigated",
+    )
+
+
+class ModelPrice(_Section):
+    """US dollars per million tokens."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+def _default_prices() -> dict[str, ModelPrice]:
+    # Keys are model-name prefixes (the longest matching one wins), so dated ids such as
+    # claude-sonnet-4-5-20250929 find their family's price.
+    table = {
+        "claude-opus-4": (15.0, 75.0),
+        "claude-opus-4-1": (15.0, 75.0),
+        "claude-opus-4-5": (5.0, 25.0),
+        "claude-sonnet-4": (3.0, 15.0),
+        "claude-haiku-4-5": (1.0, 5.0),
+    }
+    return {name: ModelPrice(input_per_mtok=i, output_per_mtok=o) for name, (i, o) in table.items()}
+
+
+class LLMConfig(_Section):
+    mode: Literal["local", "claude", "auto", "none"] = "auto"
+    ollama_host: str = "http://127.0.0.1:11434"
+    ollama_model: str = "qwen2.5-coder:7b"
+    anthropic_api_key_env: str = "ANTHROPIC_API_KEY"
+    anthropic_base_url: str = "https://api.anthropic.com"
+    anthropic_model: str = "claude-sonnet-4-5"
+    fallback: bool = Field(
+        default=True,
+        description="A backend that is down falls back to the other one, also for `local` and "
+        "`claude` services (false keeps a `local` service's code off the cloud)",
+    )
+    claude_first_severities: list[Severity] = Field(
+        default_factory=lambda: [Severity.CRITICAL],
+        description="auto: incidents this severe go to Claude first",
+    )
+    claude_first_min_files: int = Field(
+        default=3,
+        ge=1,
+        description="auto: a stack across this many in-app files goes to Claude first",
+    )
+    escalate_below_confidence: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="auto: a local answer less confident than this escalates",
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Answers per backend; each rejected one is fed back with the reason",
+    )
+    max_tool_iterations: int = Field(
+        default=8, ge=0, description="Model turns that may call repository tools, per diagnosis"
+    )
+    max_output_tokens: int = Field(default=4096, ge=256)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    max_prompt_chars: int = Field(default=60_000, ge=4_000)
+    max_tool_result_chars: int = Field(default=8_000, ge=500)
+    cache: bool = Field(
+        default=True, description="Answer identical prompts from the artifact store"
+    )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=_default_prices,
+        description="Estimated cost per model-name prefix; unlisted local models cost nothing",
+    )
+
+
+class SlackConfig(_Section):
+    bot_token_env: str = "SLACK_BOT_TOKEN"
+    signing_secret_env: str = "SLACK_SIGNING_SECRET"
+    app_token_env: str = "SLACK_APP_TOKEN"
+    api_url: str = "https://slack.com/api/"
+    socket_mode: bool = False
+
+
+class GitHubConfig(_Section):
+    token_env: str = "GITHUB_TOKEN"
+    api_url: str = "https://api.github.com"
+    app_id: str | None = Field(
+        default=None, description="A GitHub App instead of a token (used when token_env is unset)"
+    )
+    app_private_key_env: str = Field(
+        default="GITHUB_APP_PRIVATE_KEY", description="env var holding the App's PEM private key"
+    )
+    app_installation_id: int | None = Field(
+        default=None, description="absent: the App's installation on the service's repository"
+    )
+    draft: bool = True
+    labels: list[str] = Field(default_factory=lambda: ["remedy"])
+    issue_severities: list[Severity] = Field(
+        default_factory=lambda: [Severity.CRITICAL],
+        description="Incidents of these severities also get one GitHub issue per fingerprint",
+    )
+    issue_labels: list[str] = Field(default_factory=lambda: ["remedy", "incident"])
+    write_interval_s: float = Field(
+        default=1.0, ge=0, description="Pause between writes, as GitHub asks of integrations"
+    )
+    timeout_s: int = Field(default=15, ge=1)
+
+
+class ArtifactsConfig(_Section):
+    dir: str = "artifacts"
+
+
+# -- code index (issue 3 owns these two sections) -------------------------------------
+
+
+class QdrantConfig(_Section):
+    url: str | None = Field(
+        default=None, description="A Qdrant server; absent: embedded under home"
+    )
+    api_key_env: str | None = None
+    path: str = "index"
+
+
+class EmbeddingsConfig(_Section):
+    model: str | None = Field(
+        default=None, description="sentence-transformers name or path; absent: packaged MiniLM"
+    )
+
+
+# -- log watcher (issue 6 owns this section) ------------------------------------------
+
+
+class WatchConfig(_Section):
+    state_file: str = "watch-state.json"
+    poll_interval_s: float = Field(default=0.5, gt=0)
+
+
+class ServiceConfig(_Section):
+    repo: str = Field(description="git URL, file:// URL or local path")
+    branch: str = "main"
+    deployed_commit: Literal["event", "branch"] = Field(
+        default="event",
+        description="'event': the event's release commit (branch head if absent); "
+        "'branch': always the branch head",
+    )
+    intake_token_env: str | None = None
+    slack_channel: str | None = None
+    approvers: list[str] = Field(default_factory=list)
+    allowed_paths: list[str] = Field(default_factory=lambda: ["**"])
+    forbidden_paths: list[str] = Field(default_factory=list)
+    test_command: str | None = None
+    github_repo: str | None = None
+    llm: Literal["local", "claude", "auto", "none"] | None = None
+    in_app_include: list[str] = Field(
+        default_factory=list, description="Module/path prefixes that are the service's own code"
+    )
+    log_paths: list[str] = Field(
+        default_factory=list, description="JSON/plain log files `remedy watch` tails for errors"
+    )
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be a git URL, file:// URL or local path")
+        return value
+
+
+class RemedyConfig(BaseSettings):
+    """The whole file. Non-secret settings may be overridden from the environment
+    (`REMEDY_INTAKE__PORT=9090`); secrets are only ever *named* here."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="REMEDY_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    home: str = Field(default=".remedy", description="State directory, relative to this file")
+    temporal: TemporalConfig = Field(default_factory=TemporalConfig)
+    intake: IntakeConfig = Field(default_factory=IntakeConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    slack: SlackConfig = Field(default_factory=SlackConfig)
+    github: GitHubConfig = Field(default_factory=GitHubConfig)
+    artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
+    qdrant: QdrantConfig = Field(default_factory=QdrantConfig)
+    embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+    services: dict[str, ServiceConfig] = Field(default_factory=dict)
+
+    # Where the file was read from; relative paths in it resolve against its folder.
+    _source: str = PrivateAttr(default="")
+
+    @field_validator("services")
+    @classmethod
+    def _service_names(cls, services: dict[str, ServiceConfig]) -> dict[str, ServiceConfig]:
+        for name in services:
+            if not re.match(SERVICE_NAME_PATTERN, name):
+                raise ValueError(
+                    f"service name {name!r} must be lower-case letters, digits, '-' or '_'"
+                )
+        return services
+
+    # -- paths ----------------------------------------------------------------
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.source).resolve().parent if self.source else Path.cwd()
+
+    def resolve(self, path: str) -> Path:
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else self.base_dir / candidate
+
+    @property
+    def home_dir(self) -> Path:
+        return self.resolve(self.home)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        candidate = Path(self.artifacts.dir).expanduser()
+        return candidate if candidate.is_absolute() else self.home_dir / candidate
+
+    def repo_location(self, service: str) -> str:
+        """A git URL stays as written; a local path resolves against the config file."""
+        repo = self.service(service).repo
+        if "://" in repo or repo.startswith("git@") or ":" in repo.split("/")[0]:
+            return repo
+        return str(self.resolve(repo))
+
+    # -- services -------------------------------------------------------------
+
+    def service(self, name: str) -> ServiceConfig:
+        try:
+            return self.services[name]
+        except KeyError:
+            raise ConfigError(
+                f"{self.source or 'remedy.toml'}: no service {name!r} in [services]"
+            ) from None
+
+    def service_policy(self, name: str) -> ServicePolicy:
+        service = self.service(name)
+        return ServicePolicy(
+            approvers=list(service.approvers),
+            allowed_paths=list(service.allowed_paths),
+            forbidden_paths=list(service.forbidden_paths),
+            approval_timeout_s=self.limits.approval_timeout_s,
+            max_diff_lines=self.limits.max_diff_lines,
+            quiet_window_s=self.limits.quiet_window_s,
+        )
+
+    def ui_workflow_url(self, workflow_id: str, run_id: str | None = None) -> str:
+        base = self.temporal.ui_url.rstrip("/")
+        url = f"{base}/namespaces/{self.temporal.namespace}/workflows/{workflow_id}"
+        return f"{url}/{run_id}" if run_id else url
+
+
+def secret(env_name: str | None) -> str | None:
+    """Read a secret from the environment at the moment it is needed."""
+    if not env_name:
+        return None
+    value = os.environ.get(env_name)
+    return value or None
+
+
+def _format_validation_error(path: Path, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(file)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling against README's configuration table)"
+        lines.append(f"{path}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> RemedyConfig:
+    """Read and validate remedy.toml; every problem becomes one ConfigError naming file and key."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such config file "
+            "(pass --config PATH, or copy remedy.toml from the repository)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        config = RemedyConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(path, exc)) from None
+    config._source = str(path.resolve())
+    return config

@@ -1,0 +1,510 @@
+"""Every value that crosses a workflow, activity, signal, update, query or HTTP boundary.
+
+One pydantic model per message, so fields can be added later without breaking running
+incidents (new fields always get defaults).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from remedy.names import SERVICE_NAME_PATTERN
+
+
+class Phase(StrEnum):
+    RECEIVED = "received"
+    SYNCING = "syncing"
+    INDEXING = "indexing"
+    INVESTIGATING = "investigating"
+    DIAGNOSING = "diagnosing"
+    PATCHING = "patching"
+    VERIFYING = "verifying"
+    AWAITING_APPROVAL = "awaiting_approval"
+    OPENING_PR = "opening_pr"
+    PR_OPENED = "pr_opened"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    TRIAGED = "triaged"
+    NOTIFIED = "notified"
+    RATE_LIMITED = "rate_limited"
+    FAILED = "failed"
+
+
+TERMINAL_PHASES = frozenset(
+    {
+        Phase.PR_OPENED,
+        Phase.REJECTED,
+        Phase.EXPIRED,
+        Phase.TRIAGED,
+        Phase.NOTIFIED,
+        Phase.RATE_LIMITED,
+        Phase.FAILED,
+    }
+)
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+# ---------------------------------------------------------------------------- the error event
+
+
+class Frame(BaseModel):
+    """One stack frame, innermost last (the order Python prints them in)."""
+
+    file: str = Field(min_length=1, max_length=1024)
+    line: int | None = Field(default=None, ge=0)
+    function: str | None = Field(default=None, max_length=512)
+    module: str | None = Field(default=None, max_length=512)
+    code: str | None = Field(default=None, max_length=2000, description="The source line, if known")
+    in_app: bool | None = Field(
+        default=None, description="True for the service's own code; None lets Remedy decide"
+    )
+
+
+class ErrorInfo(BaseModel):
+    type: str = Field(min_length=1, max_length=256)
+    message: str = Field(default="", max_length=16_384)
+    code: str | None = Field(
+        default=None,
+        max_length=32,
+        description="DOMAIN+SEVERITY+NN error code, e.g. DB5001; policy maps it to a severity",
+    )
+
+
+class ErrorEvent(BaseModel):
+    """What clients send to POST /v1/errors (see DESIGN.md)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    service: str = Field(pattern=SERVICE_NAME_PATTERN)
+    environment: str | None = Field(default=None, max_length=64)
+    release: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9._/+-]+$")
+    error: ErrorInfo
+    traceback: str | None = Field(default=None, max_length=200_000)
+    frames: list[Frame] = Field(default_factory=list, max_length=500)
+    timestamp: datetime | None = None
+    tags: dict[str, str] = Field(default_factory=dict, max_length=64)
+
+    @model_validator(mode="after")
+    def _needs_a_stack(self) -> ErrorEvent:
+        if not self.frames and not (self.traceback and self.traceback.strip()):
+            raise ValueError("one of 'traceback' or 'frames' is required")
+        return self
+
+
+class IntakeResponse(BaseModel):
+    incident_id: str
+    workflow_id: str
+    deduplicated: bool
+    occurrences: int
+    ui_url: str
+
+
+# ---------------------------------------------------------------------------- workflow input/state
+
+
+class ServicePolicy(BaseModel):
+    """A service's non-secret policy, pinned when the incident starts (auditable in history)."""
+
+    approvers: list[str] = Field(default_factory=list)
+    allowed_paths: list[str] = Field(default_factory=lambda: ["**"])
+    forbidden_paths: list[str] = Field(default_factory=list)
+    approval_timeout_s: int = Field(default=86_400, ge=1)
+    max_diff_lines: int = Field(default=200, ge=1)
+    quiet_window_s: int = Field(
+        default=3_600,
+        ge=0,
+        description="After a terminal phase the incident keeps absorbing occurrences until it has "
+        "been quiet this long; only then can the same fingerprint open a new incident",
+    )
+
+
+class IncidentStart(BaseModel):
+    service: str
+    fingerprint: str
+    severity: Severity
+    notify_only: bool = False
+    event: ErrorEvent
+    occurrences: int = Field(default=1, ge=1)
+    policy: ServicePolicy = Field(default_factory=ServicePolicy)
+    forge: Literal["local", "github"] = "local"
+    ui_base_url: str = Field(
+        default="", description="Temporal UI base, e.g. http://127.0.0.1:8233/namespaces/default"
+    )
+
+
+class OccurrenceSignal(BaseModel):
+    count: int = Field(ge=1)
+    last_seen: datetime | None = None
+
+
+class ArtifactRef(BaseModel):
+    """A pointer into the artifact store; the content never travels through history."""
+
+    key: str
+    sha256: str
+    size: int
+
+
+class Worktree(BaseModel):
+    service: str
+    path: str
+    commit: str
+    branch: str
+    commit_source: Literal["release", "branch_head"]
+
+
+class SuspectCommit(BaseModel):
+    sha: str
+    author: str
+    date: str
+    subject: str
+    paths: list[str] = Field(default_factory=list)
+    reason: str = ""
+
+
+class FrameEvidence(BaseModel):
+    """An in-app frame located in the repository at the incident's commit."""
+
+    path: str
+    line: int | None = None
+    function: str | None = None
+    start_line: int | None = None
+    end_line: int | None = None
+    found: bool = True
+
+
+class RelatedCode(BaseModel):
+    path: str
+    symbol: str | None = None
+    start_line: int
+    end_line: int
+    score: float
+
+
+class SimilarIncident(BaseModel):
+    incident_id: str
+    summary: str
+    outcome: str
+    score: float
+
+
+class Evidence(BaseModel):
+    summary: str
+    frames: list[FrameEvidence] = Field(default_factory=list)
+    suspect_commits: list[SuspectCommit] = Field(default_factory=list)
+    related_code: list[RelatedCode] = Field(default_factory=list)
+    similar_incidents: list[SimilarIncident] = Field(default_factory=list)
+    artifact: ArtifactRef | None = None
+
+
+class Edit(BaseModel):
+    path: str = Field(min_length=1)
+    search: str = Field(min_length=1)
+    replace: str
+
+
+class EvidenceLine(BaseModel):
+    path: str
+    line: int = Field(ge=1)
+
+
+class Diagnosis(BaseModel):
+    """The shape a model must return (DESIGN.md); validated before use."""
+
+    summary: str
+    root_cause: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    evidence: list[EvidenceLine] = Field(default_factory=list)
+    edits: list[Edit] = Field(default_factory=list)
+
+
+class DiagnosisResult(BaseModel):
+    """What `diagnose` returns: a diagnosis, or an honest abstention with its reason."""
+
+    diagnosis: Diagnosis | None = None
+    abstained_reason: str | None = None
+    backend: str | None = None
+    artifact: ArtifactRef | None = None
+    tokens: int = 0
+    cost_usd: float = 0.0
+    rate_limited: bool = Field(
+        default=False, description="A per-service or per-incident LLM cap stopped the diagnosis"
+    )
+    route: str = Field(default="", description="Why these backends, in this order")
+    usage: list[LLMUsage] = Field(default_factory=list)
+    attempts: list[DiagnosisAttempt] = Field(default_factory=list)
+    tool_calls: list[ToolCallSummary] = Field(default_factory=list)
+
+
+class PatchResult(BaseModel):
+    applied: bool
+    reason: str | None = None
+    files: list[str] = Field(default_factory=list)
+    lines_added: int = 0
+    lines_removed: int = 0
+    diff: ArtifactRef | None = None
+
+
+class VerificationResult(BaseModel):
+    status: Literal["passed", "failed", "skipped", "error"]
+    summary: str = ""
+    tests_run: int | None = None
+    new_failures: list[str] = Field(default_factory=list)
+    reproduced: bool | None = None
+    artifact: ArtifactRef | None = None
+    network_isolated: bool | None = Field(
+        default=None, description="False: the sandbox could not cut the tests off the network"
+    )
+    regression_test: str | None = Field(default=None, description="Path of the model's test")
+    runs: list[CommandRun] = Field(default_factory=list)
+
+
+class Proposal(BaseModel):
+    branch: str
+    commit: str
+    title: str
+    remote: str = ""
+    pr_url: str | None = None
+    body: ArtifactRef | None = None
+
+
+class Decision(BaseModel):
+    decision: Literal["approve", "reject"]
+    approver: str
+    reason: str | None = None
+    at: datetime
+
+
+class ApprovalRequest(BaseModel):
+    request_id: str
+    approvers: list[str]
+    requested_at: datetime
+    expires_at: datetime
+    decision: Decision | None = None
+
+
+class DecideRequest(BaseModel):
+    decision: Literal["approve", "reject"]
+    approver: str = Field(min_length=1)
+    request_id: str = Field(min_length=1)
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class DecideResult(BaseModel):
+    incident_id: str
+    phase: Phase
+    decision: Decision
+
+
+class PhaseChange(BaseModel):
+    phase: Phase
+    at: datetime
+    note: str = ""
+
+
+class IncidentStatus(BaseModel):
+    """The `status` query, GET /v1/incidents/{id} and `remedy incidents show --json`."""
+
+    incident_id: str
+    workflow_id: str
+    service: str
+    fingerprint: str
+    phase: Phase
+    severity: Severity
+    error_type: str
+    error_message: str
+    occurrences: int
+    first_seen: datetime
+    last_seen: datetime
+    release: str | None = None
+    worktree: Worktree | None = None
+    evidence: Evidence | None = None
+    diagnosis: DiagnosisResult | None = None
+    patch: PatchResult | None = None
+    verification: VerificationResult | None = None
+    approval: ApprovalRequest | None = None
+    proposal: Proposal | None = None
+    reason: str | None = Field(default=None, description="Why the incident ended where it did")
+    ui_url: str = ""
+    history: list[PhaseChange] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- activity requests
+
+
+class SyncRequest(BaseModel):
+    incident_id: str
+    service: str
+    release: str | None = None
+
+
+class InvestigateRequest(BaseModel):
+    incident_id: str
+    worktree: Worktree
+    error: ErrorInfo
+    frames: list[Frame]
+
+
+class DiagnoseRequest(BaseModel):
+    incident_id: str
+    severity: Severity
+    worktree: Worktree
+    error: ErrorInfo
+    frames: list[Frame] = Field(default_factory=list)
+    evidence: Evidence
+    policy: ServicePolicy = Field(default_factory=ServicePolicy)
+
+
+class PatchRequest(BaseModel):
+    incident_id: str
+    worktree: Worktree
+    edits: list[Edit]
+    policy: ServicePolicy
+
+
+class VerifyRequest(BaseModel):
+    incident_id: str
+    worktree: Worktree
+    patch: PatchResult
+    error: ErrorInfo | None = None
+    regression_test: RegressionTest | None = None
+
+
+class ProposeRequest(BaseModel):
+    incident: IncidentStatus
+
+
+# ---------------------------------------------------------------------------- code index (issue 3)
+
+
+# ---------------------------------------------------------------------------- diagnosis (issue 4)
+
+
+class LLMUsage(BaseModel):
+    """One backend's calls within one activity; the per-call detail is in the transcript."""
+
+    backend: str
+    model: str
+    calls: int = 0
+    cached_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    priced: bool = Field(default=True, description="False: the model is not in [llm].prices")
+
+
+class DiagnosisAttempt(BaseModel):
+    backend: str
+    model: str
+    outcome: Literal[
+        "accepted",
+        "low_confidence",
+        "invalid",
+        "malformed",
+        "unavailable",
+        "rate_limited",
+        "token_cap",
+    ]
+    detail: str = ""
+
+
+class ToolCallSummary(BaseModel):
+    name: str
+    arguments: str = Field(default="", description="Shortened; the full call is in the transcript")
+    ok: bool = True
+    result_chars: int = 0
+
+
+class RegressionTest(BaseModel):
+    """A test the model wrote to reproduce the error; its text lives in the artifact store."""
+
+    path: str
+    content: ArtifactRef
+
+
+class RegressionTestRequest(BaseModel):
+    incident_id: str
+    severity: Severity
+    worktree: Worktree
+    error: ErrorInfo
+    frames: list[Frame] = Field(default_factory=list)
+    evidence: Evidence
+    diagnosis: Diagnosis
+    backend: str | None = Field(default=None, description="Prefer the backend that diagnosed")
+    tokens_used: int = Field(default=0, ge=0, description="Tokens the incident has spent so far")
+
+
+class RegressionTestResult(BaseModel):
+    test: RegressionTest | None = None
+    abstained_reason: str | None = None
+    backend: str | None = None
+    artifact: ArtifactRef | None = None
+    tokens: int = 0
+    cost_usd: float = 0.0
+    rate_limited: bool = False
+    usage: list[LLMUsage] = Field(default_factory=list)
+
+
+class CommandRun(BaseModel):
+    """One sandboxed run of the test command."""
+
+    label: str
+    exit_code: int | None = None
+    timed_out: bool = False
+    signal: str | None = Field(default=None, description="e.g. SIGXCPU when a limit killed it")
+    duration_s: float = 0.0
+    passed: int | None = None
+    failed: int | None = None
+    failures: list[str] = Field(default_factory=list)
+    log: ArtifactRef | None = None
+
+
+# ---------------------------------------------------------------------- slack and github (issue 5)
+
+
+class NotifyRequest(BaseModel):
+    """The incident as it stands, for its one Slack message (posted once, then edited)."""
+
+    incident: IncidentStatus
+    raw_error: str = Field(
+        default="",
+        description="The error as the service reported it (traceback text); its tail is shown. "
+        "Empty: 'type: message' from the incident",
+    )
+    kind: Literal["update", "reminder"] = Field(
+        default="update",
+        description="'update': edit the message, reply in its thread once per phase; "
+        "'reminder': mention the approvers in the thread once per approval request",
+    )
+
+
+class NotifyResult(BaseModel):
+    delivered: bool
+    channel: str | None = Field(default=None, description="Slack channel id")
+    ts: str | None = Field(default=None, description="The message's ts: its id within the channel")
+    posted: bool = Field(default=False, description="This call created the message")
+    replied: bool = Field(default=False, description="This call added a reply to its thread")
+    reason: str | None = Field(default=None, description="Why nothing was delivered")
+
+
+class OpenIssueRequest(BaseModel):
+    incident: IncidentStatus
+    raw_error: str = ""
+
+
+class IssueResult(BaseModel):
+    opened: bool = Field(description="An issue exists for the fingerprint (found or created)")
+    created: bool = False
+    number: int | None = None
+    url: str | None = None
+    reason: str | None = Field(default=None, description="Why no issue was opened")

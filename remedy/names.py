@@ -1,0 +1,73 @@
+"""Names shared by the worker, the starter and the tests: task queue, search attributes, ids."""
+
+from __future__ import annotations
+
+import re
+
+from temporalio.common import SearchAttributeKey
+
+TASK_QUEUE = "remedy"
+WORKFLOW_ID_PREFIX = "incident-"
+BRANCH_PREFIX = "remedy/"
+
+# Activities are addressed by these fixed names; implementations and test doubles register
+# under them (`@activity.defn(name=...)`).
+ACTIVITY_SYNC_REPO = "sync_repo"
+ACTIVITY_INDEX_REPO = "index_repo"
+ACTIVITY_INVESTIGATE = "investigate"
+ACTIVITY_FIND_RELATED = "find_related"
+ACTIVITY_DIAGNOSE = "diagnose"
+ACTIVITY_PREPARE_PATCH = "prepare_patch"
+ACTIVITY_VERIFY_PATCH = "verify_patch"
+ACTIVITY_NOTIFY = "notify"
+ACTIVITY_PROPOSE_CHANGE = "propose_change"
+ACTIVITY_OPEN_PULL_REQUEST = "open_pull_request"
+ACTIVITY_RECORD_INCIDENT = "record_incident"
+
+SA_SERVICE = SearchAttributeKey.for_keyword("RemedyService")
+SA_PHASE = SearchAttributeKey.for_keyword("RemedyPhase")
+SA_SEVERITY = SearchAttributeKey.for_keyword("RemedySeverity")
+SA_ERROR_TYPE = SearchAttributeKey.for_keyword("RemedyErrorType")
+SA_FINGERPRINT = SearchAttributeKey.for_keyword("RemedyFingerprint")
+SA_OCCURRENCES = SearchAttributeKey.for_int("RemedyOccurrences")
+SEARCH_ATTRIBUTES = (
+    SA_SERVICE,
+    SA_PHASE,
+    SA_SEVERITY,
+    SA_ERROR_TYPE,
+    SA_FINGERPRINT,
+    SA_OCCURRENCES,
+)
+
+SERVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_INCIDENT_ID = re.compile(
+    r"^(?P<service>[a-z0-9][a-z0-9_-]*)-(?P<fingerprint>[0-9a-f]{16})(?:-(?P<run>[0-9a-f]{8}))?$"
+)
+
+
+def workflow_id_for(service: str, fingerprint: str) -> str:
+    """One open incident per (service, fingerprint): the workflow id is that pair."""
+    return f"{WORKFLOW_ID_PREFIX}{service}-{fingerprint}"
+
+
+def incident_id_for(service: str, fingerprint: str, run_id: str) -> str:
+    """An incident is one run of the workflow id; the run prefix tells reopened incidents apart."""
+    return f"{service}-{fingerprint}-{run_id.replace('-', '')[:8]}"
+
+
+def branch_for(incident_id: str) -> str:
+    return f"{BRANCH_PREFIX}{incident_id}"
+
+
+def parse_incident_id(incident_id: str) -> tuple[str, str | None]:
+    """Return (workflow id, run-id prefix or None) for an incident id or a bare workflow id.
+
+    Raises ValueError naming the expected shape.
+    """
+    text = incident_id.removeprefix(WORKFLOW_ID_PREFIX)
+    match = _INCIDENT_ID.match(text)
+    if not match:
+        raise ValueError(
+            f"incident id {incident_id!r} is not of the form <service>-<16 hex fingerprint>[-<8 hex run>]"
+        )
+    return workflow_id_for(match["service"], match["fingerprint"]), match["run"]

@@ -1,0 +1,274 @@
+"""`remedy`: the command line. Each command loads remedy.toml (`--config`) first."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from starter.cli_common import DEFAULT_CONFIG, ConfigOption, JsonOption, fail, load_or_exit
+
+app = typer.Typer(
+    name="remedy",
+    help="Turn production errors into reviewed pull requests, durably (Temporal).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+incidents_app = typer.Typer(help="Inspect incidents (Temporal visibility + the status query).")
+app.add_typer(incidents_app, name="incidents")
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+@app.command()
+def dev(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Run everything embedded: Temporal dev server + UI, a worker and the intake."""
+    from starter.dev import run_dev
+
+    loaded = load_or_exit(config)
+    raise typer.Exit(run_dev(loaded, config))
+
+
+@app.command()
+def worker(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Run one worker (workflows and activities) until SIGTERM/SIGINT."""
+    import worker as worker_module
+
+    loaded = load_or_exit(config)
+    _logging()
+    worker_module.main(loaded)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = DEFAULT_CONFIG,
+    host: Annotated[str | None, typer.Option(help="Overrides [intake].host")] = None,
+    port: Annotated[int | None, typer.Option(help="Overrides [intake].port")] = None,
+) -> None:
+    """Run the HTTP intake (POST /v1/errors, /docs)."""
+    import uvicorn
+
+    from starter.app import create_app
+
+    loaded = load_or_exit(config)
+    _logging()
+    uvicorn.run(
+        create_app(loaded),
+        host=host or loaded.intake.host,
+        port=port or loaded.intake.port,
+        log_level="info",
+    )
+
+
+# ---------------------------------------------------------------------------- reporting
+
+
+@app.command()
+def report(
+    config: ConfigOption = DEFAULT_CONFIG,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="A JSON error event ('-' for stdin)")
+    ] = None,
+    service: Annotated[str | None, typer.Option(help="Service name (remedy.toml)")] = None,
+    error_type: Annotated[str | None, typer.Option("--type", help="Exception type")] = None,
+    message: Annotated[str, typer.Option(help="Error message")] = "",
+    traceback_file: Annotated[
+        Path | None, typer.Option("--traceback", help="File with the traceback text ('-': stdin)")
+    ] = None,
+    release: Annotated[str | None, typer.Option(help="Deployed git commit")] = None,
+    code: Annotated[str | None, typer.Option(help="Error code, e.g. DB5001")] = None,
+    environment: Annotated[str | None, typer.Option(help="e.g. prod")] = None,
+    url: Annotated[str | None, typer.Option(help="Intake URL (default from [intake])")] = None,
+) -> None:
+    """Send an error event to the intake, from a file or from flags."""
+    from starter.client import IntakeClient, IntakeRejected
+
+    loaded = load_or_exit(config)
+    if file is not None:
+        raw = sys.stdin.read() if str(file) == "-" else _read(file)
+        try:
+            event: dict[str, Any] = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise fail(f"{file}: not valid JSON: {exc}", 2) from None
+        if not isinstance(event, dict):
+            raise fail(f"{file}: must hold a JSON object", 2)
+    else:
+        if not service or not error_type or traceback_file is None:
+            raise fail("give --file EVENT.json, or --service, --type and --traceback", 2)
+        event = {"service": service, "error": {"type": error_type, "message": message}}
+        event["traceback"] = (
+            sys.stdin.read() if str(traceback_file) == "-" else _read(traceback_file)
+        )
+        for key, value in {"release": release, "environment": environment}.items():
+            if value:
+                event[key] = value
+        if code:
+            event["error"]["code"] = code
+    client = IntakeClient.from_config(loaded, url=url)
+    try:
+        response = client.report(event)
+    except IntakeRejected as exc:
+        raise fail(str(exc)) from None
+    typer.echo(json.dumps(response, indent=2))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise fail(f"{path}: {exc.strerror}", 2) from None
+
+
+# ---------------------------------------------------------------------------- incidents
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+@incidents_app.command("list")
+def incidents_list(
+    config: ConfigOption = DEFAULT_CONFIG,
+    service: Annotated[str | None, typer.Option(help="Only this service")] = None,
+    phase: Annotated[
+        str | None, typer.Option(help="Only this phase, e.g. awaiting_approval")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List incidents, newest first."""
+    from starter.incidents import list_incidents
+    from starter.temporal_client import connect
+
+    loaded = load_or_exit(config)
+
+    async def _list() -> list[Any]:
+        client = await connect(loaded)
+        return await list_incidents(client, service=service, phase=phase, limit=limit)
+
+    found = _run(_list())
+    if as_json:
+        typer.echo(json.dumps([item.model_dump(mode="json") for item in found], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("incident", "phase", "severity", "error", "occurrences", "started")
+    for item in found:
+        table.add_row(
+            item.incident_id,
+            item.phase,
+            item.severity,
+            item.error_type,
+            str(item.occurrences),
+            item.started.strftime("%Y-%m-%d %H:%M:%S") if item.started else "",
+        )
+    Console().print(table)
+
+
+@incidents_app.command("show")
+def incidents_show(
+    incident_id: Annotated[str, typer.Argument(help="Incident id (from list or the 202 reply)")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one incident: phase, evidence, diagnosis, verification, proposal."""
+    from starter.incidents import IncidentNotFound, incident_status
+    from starter.render import render_status
+    from starter.temporal_client import connect
+
+    loaded = load_or_exit(config)
+
+    async def _show() -> Any:
+        client = await connect(loaded)
+        return await incident_status(client, incident_id)
+
+    try:
+        status = _run(_show())
+    except IncidentNotFound as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        typer.echo(status.model_dump_json(indent=2))
+    else:
+        typer.echo(render_status(status))
+
+
+def _decide(
+    config: Path, incident_id: str, decision: str, approver: str, reason: str | None
+) -> None:
+    from temporalio.client import WorkflowUpdateFailedError
+
+    from starter.incidents import IncidentNotFound, decide
+    from starter.temporal_client import connect
+
+    loaded = load_or_exit(config)
+
+    async def _go() -> Any:
+        client = await connect(loaded)
+        return await decide(client, incident_id, decision, approver, reason)
+
+    try:
+        result = _run(_go())
+    except IncidentNotFound as exc:
+        raise fail(str(exc)) from None
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        raise fail(f"refused: {getattr(cause, 'message', None) or cause}") from None
+    typer.echo(f"{result.decision.decision}d {result.incident_id} as {result.decision.approver}")
+
+
+@app.command()
+def approve(
+    incident_id: Annotated[str, typer.Argument(help="Incident id")],
+    approver: Annotated[str, typer.Option("--as", help="Your approver id (services.*.approvers)")],
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Approve the proposed change; Remedy then opens the branch / pull request."""
+    _decide(config, incident_id, "approve", approver, None)
+
+
+@app.command()
+def reject(
+    incident_id: Annotated[str, typer.Argument(help="Incident id")],
+    approver: Annotated[str, typer.Option("--as", help="Your approver id (services.*.approvers)")],
+    reason: Annotated[str, typer.Option(help="Why (kept with the incident)")],
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Reject the proposed change; nothing is pushed."""
+    _decide(config, incident_id, "reject", approver, reason)
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    config: ConfigOption = DEFAULT_CONFIG,
+    keep: Annotated[bool, typer.Option(help="Keep the stack running afterwards (Ctrl-C)")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Make a sample service with a real bug, crash it, report it and show the incident."""
+    from starter.demo import run_demo
+
+    loaded = load_or_exit(config)
+    raise typer.Exit(run_demo(loaded, config, keep=keep, as_json=as_json))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

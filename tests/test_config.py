@@ -1,0 +1,74 @@
+"""remedy.toml: every problem is one clear message naming the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from remedy.config import ConfigError, load_config, secret
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "remedy.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_committed_config_loads() -> None:
+    config = load_config(REPO_ROOT / "remedy.toml")
+    assert "demo" in config.services
+    assert config.home_dir == REPO_ROOT / ".remedy"
+    assert config.repo_location("demo") == str(REPO_ROOT / ".remedy" / "demo" / "shop.git")
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.toml: no such config file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_malformed_toml_names_the_file_and_position(tmp_path: Path) -> None:
+    path = write(tmp_path, "[services.shop\nrepo = 1\n")
+    with pytest.raises(ConfigError, match=r"remedy\.toml: not valid TOML: .*line 1"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[services.shop]\nbranch = 'main'\n", "services.shop.repo: Field required"),
+        ("[services.shop]\nrepo = 'x'\napprovers = 'U1'\n", "services.shop.approvers"),
+        ("[services.shop]\nrepo = 'x'\nrepoo = 'y'\n", "services.shop.repoo: unknown key"),
+        ("[intake]\nport = 'eighty'\n", "intake.port: Input should be a valid integer"),
+        ("[llm]\nmode = 'gpt'\n", "llm.mode: Input should be 'local', 'claude', 'auto' or 'none'"),
+        ("[services.'Shop Front']\nrepo = 'x'\n", "service name 'Shop Front'"),
+    ],
+)
+def test_invalid_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(path) in str(error.value)
+    assert message in str(error.value)
+
+
+def test_paths_resolve_against_the_file_and_env_overrides_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REMEDY_INTAKE__PORT", "9191")
+    monkeypatch.setenv("SHOP_TOKEN_FOR_TEST", "t0k3n")
+    path = write(
+        tmp_path,
+        "home = 'state'\n[services.shop]\nrepo = 'repos/shop'\nintake_token_env = 'SHOP_TOKEN_FOR_TEST'\n"
+        "[services.remote]\nrepo = 'https://github.com/acme/remote.git'\n",
+    )
+    config = load_config(path)
+    assert config.intake.port == 9191
+    assert config.home_dir == tmp_path / "state"
+    assert config.repo_location("shop") == str(tmp_path / "repos" / "shop")
+    assert config.repo_location("remote") == "https://github.com/acme/remote.git"
+    assert secret(config.service("shop").intake_token_env) == "t0k3n"
+    # The token is only named in the config, never held by it.
+    assert "t0k3n" not in config.model_dump_json()

@@ -1,0 +1,98 @@
+"""Storm coalescing against the real dev server: one workflow, exact count, few calls."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from remedy import names
+from remedy.models import Phase
+from starter.reporter import TemporalReporter
+from tests.workflow_harness import FakeActivities, eventually, make_start, wait_for_phase
+from workflows.incident import IncidentWorkflow
+
+
+@pytest.fixture
+async def task_queue(client: Client) -> AsyncIterator[str]:
+    queue = f"test-{uuid.uuid4()}"
+    async with Worker(
+        client, task_queue=queue, workflows=[IncidentWorkflow], activities=FakeActivities().all()
+    ):
+        yield queue
+
+
+def reporter_for(client: Client, task_queue: str) -> TemporalReporter:
+    return TemporalReporter(
+        client,
+        task_queue=task_queue,
+        coalesce_interval_s=0.05,
+        ui_url="http://127.0.0.1:8233/namespaces/default",
+    )
+
+
+async def occurrences(client: Client, workflow_id: str) -> int:
+    handle = client.get_workflow_handle_for(IncidentWorkflow.run, workflow_id)
+    return (await handle.query(IncidentWorkflow.status)).occurrences
+
+
+async def test_a_storm_is_one_workflow_with_an_exact_count(client: Client, task_queue: str) -> None:
+    start = make_start(quiet_window_s=600)
+    workflow_id = names.workflow_id_for(start.service, start.fingerprint)
+    reporter = reporter_for(client, task_queue)
+
+    replies = await asyncio.gather(*(reporter.report(start) for _ in range(2000)))
+    await reporter.close()
+
+    assert sum(not reply.deduplicated for reply in replies) == 1
+    assert {reply.incident_id for reply in replies} == {replies[0].incident_id}
+    assert max(reply.occurrences for reply in replies) == 2000
+    assert reporter.workflows_started == 1
+    assert reporter.temporal_calls <= 20
+
+    async def exact() -> bool:
+        return await occurrences(client, workflow_id) == 2000
+
+    await eventually(exact)
+
+    # Another intake replica (or this one after a restart) joins the same open incident.
+    replica = reporter_for(client, task_queue)
+    reply = await replica.report(start)
+    await replica.close()
+    assert reply.deduplicated and reply.incident_id == replies[0].incident_id
+    assert reply.occurrences == 2001
+
+    async def exact_again() -> bool:
+        return await occurrences(client, workflow_id) == 2001
+
+    await eventually(exact_again)
+    await client.get_workflow_handle(workflow_id).terminate("test done")
+
+
+async def test_reports_after_an_incident_closed_open_the_next_one(
+    client: Client, task_queue: str
+) -> None:
+    start = make_start(quiet_window_s=0)
+    reporter = reporter_for(client, task_queue)
+    first = await reporter.report(start)
+    handle = client.get_workflow_handle_for(IncidentWorkflow.run, first.workflow_id)
+    closed = await handle.result()
+    assert closed.phase == Phase.TRIAGED
+
+    await asyncio.gather(*(reporter.report(start) for _ in range(3)))
+    await reporter.close()
+
+    async def reopened() -> bool:
+        description = await client.get_workflow_handle(first.workflow_id).describe()
+        latest_id = names.incident_id_for(start.service, start.fingerprint, description.run_id)
+        return latest_id != first.incident_id
+
+    await eventually(reopened)
+    latest = client.get_workflow_handle_for(IncidentWorkflow.run, first.workflow_id)
+    status = await wait_for_phase(latest, Phase.TRIAGED)
+    assert status.incident_id != first.incident_id
+    assert status.occurrences == 3

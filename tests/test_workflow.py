@@ -1,0 +1,218 @@
+"""IncidentWorkflow on the real Temporal dev server, with activity doubles under real names."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from remedy import names
+from remedy.models import DecideRequest, Edit, OccurrenceSignal, Phase
+from tests.workflow_harness import (
+    APPROVER,
+    FakeActivities,
+    eventually,
+    fix_diagnosis,
+    make_start,
+    start_incident,
+    wait_for_phase,
+)
+from workflows.incident import IncidentWorkflow
+
+
+@pytest.fixture
+def fakes() -> FakeActivities:
+    return FakeActivities()
+
+
+@pytest.fixture
+async def task_queue(client: Client, fakes: FakeActivities) -> AsyncIterator[str]:
+    queue = f"test-{uuid.uuid4()}"
+    async with Worker(client, task_queue=queue, workflows=[IncidentWorkflow], activities=fakes.all()):
+        yield queue
+
+
+def refusal(exc: WorkflowUpdateFailedError) -> str:
+    return str(getattr(exc.cause, "message", exc.cause))
+
+
+async def test_without_a_diagnosis_the_incident_is_triaged_with_evidence(
+    client: Client, task_queue: str, fakes: FakeActivities
+) -> None:
+    handle = await start_incident(client, task_queue, make_start())
+    status = await handle.result()
+    assert status.phase == Phase.TRIAGED
+    assert status.reason == "no LLM backend configured"
+    assert status.evidence is not None and status.evidence.suspect_commits[0].author == "Bob"
+    assert [change.phase for change in status.history] == [
+        Phase.RECEIVED,
+        Phase.SYNCING,
+        Phase.INVESTIGATING,
+        Phase.DIAGNOSING,
+        Phase.TRIAGED,
+    ]
+    assert "prepare_patch" not in fakes.calls
+
+    async def visible() -> bool:
+        query = (
+            f"{names.SA_FINGERPRINT.name} = '{status.fingerprint}' "
+            f"AND {names.SA_PHASE.name} = 'triaged' AND {names.SA_SERVICE.name} = 'shop'"
+        )
+        return bool([w async for w in client.list_workflows(query)])
+
+    await eventually(visible)
+
+
+async def test_approval_path_validates_every_decision_then_proposes_once(
+    client: Client, task_queue: str, fakes: FakeActivities
+) -> None:
+    fakes.diagnosis = fix_diagnosis()
+    handle = await start_incident(client, task_queue, make_start())
+    status = await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
+    assert status.approval is not None and status.verification is not None
+    request_id = status.approval.request_id
+
+    cases = [
+        (DecideRequest(decision="approve", approver="U-intruder", request_id=request_id),
+         "not in this service's approvers"),
+        (DecideRequest(decision="approve", approver=APPROVER, request_id="stale"), "stale"),
+        (DecideRequest(decision="reject", approver=APPROVER, request_id=request_id), "reason"),
+    ]
+    for request, phrase in cases:
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(IncidentWorkflow.decide, request)
+        assert phrase in refusal(refused.value)
+    assert (await handle.query(IncidentWorkflow.status)).approval.decision is None  # type: ignore[union-attr]
+
+    result = await handle.execute_update(
+        IncidentWorkflow.decide,
+        DecideRequest(decision="approve", approver=APPROVER, request_id=request_id),
+    )
+    assert result.decision.approver == APPROVER
+    with pytest.raises(WorkflowUpdateFailedError) as again:
+        await handle.execute_update(
+            IncidentWorkflow.decide,
+            DecideRequest(decision="approve", approver=APPROVER, request_id=request_id),
+        )
+    assert "already" in refusal(again.value)
+
+    final = await handle.result()
+    assert final.phase == Phase.PR_OPENED
+    assert final.proposal is not None
+    assert final.proposal.branch == f"remedy/{final.incident_id}"
+    assert fakes.calls["propose_change"] == 1
+    assert fakes.proposals[0].incident.approval.decision.approver == APPROVER  # type: ignore[union-attr]
+
+
+async def test_reject_ends_the_incident_and_pushes_nothing(
+    client: Client, task_queue: str, fakes: FakeActivities
+) -> None:
+    fakes.diagnosis = fix_diagnosis()
+    handle = await start_incident(client, task_queue, make_start())
+    status = await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
+    assert status.approval is not None
+    await handle.execute_update(
+        IncidentWorkflow.decide,
+        DecideRequest(
+            decision="reject",
+            approver=APPROVER,
+            request_id=status.approval.request_id,
+            reason="wrong layer",
+        ),
+    )
+    final = await handle.result()
+    assert final.phase == Phase.REJECTED
+    assert final.reason is not None and "wrong layer" in final.reason
+    assert "propose_change" not in fakes.calls
+
+
+async def test_decide_before_approval_is_refused(
+    client: Client, task_queue: str, fakes: FakeActivities
+) -> None:
+    handle = await start_incident(client, task_queue, make_start())
+    await handle.result()
+    with pytest.raises(Exception, match=r"not awaiting approval|completed"):
+        await handle.execute_update(
+            IncidentWorkflow.decide,
+            DecideRequest(decision="approve", approver=APPROVER, request_id="x"),
+        )
+
+
+async def test_policy_narrows_an_out_of_scope_diagnosis_to_triage(
+    client: Client, task_queue: str, fakes: FakeActivities
+) -> None:
+    fakes.diagnosis = fix_diagnosis(
+        Edit(path="app/auth/login.py", search="check(", replace="True or check(")
+    )
+    final = await (await start_incident(client, task_queue, make_start())).result()
+    assert final.phase == Phase.TRIAGED
+    assert final.reason is not None and "app/auth/login.py" in final.reason
+    assert "prepare_patch" not in fakes.calls
+
+
+async def test_failing_verification_never_asks_for_approval(
+    client: Client, task_queue: str, fakes: FakeActivities
+) -> None:
+    fakes.diagnosis = fix_diagnosis()
+    fakes.verification = "failed"
+    final = await (await start_incident(client, task_queue, make_start())).result()
+    assert final.phase == Phase.TRIAGED
+    assert final.approval is None
+
+
+async def test_permanent_activity_error_fails_the_incident_with_its_reason(
+    client: Client, task_queue: str, fakes: FakeActivities
+) -> None:
+    fakes.sync_error = ApplicationError(
+        "commit 0000000 not found in shop", type="CommitNotFound", non_retryable=True
+    )
+    final = await (await start_incident(client, task_queue, make_start())).result()
+    assert final.phase == Phase.FAILED
+    assert final.reason is not None and "commit 0000000 not found" in final.reason
+    assert fakes.calls["sync_repo"] == 1
+
+
+async def test_below_the_bar_is_notified_only(
+    client: Client, task_queue: str, fakes: FakeActivities
+) -> None:
+    final = await (await start_incident(client, task_queue, make_start(notify_only=True))).result()
+    assert final.phase == Phase.NOTIFIED
+    assert fakes.calls == {}
+
+
+async def test_occurrences_count_while_open_and_after_the_outcome(
+    client: Client, task_queue: str, fakes: FakeActivities
+) -> None:
+    handle = await start_incident(client, task_queue, make_start(quiet_window_s=600))
+    await wait_for_phase(handle, Phase.TRIAGED)
+    for count in (5, 7):
+        await handle.signal(IncidentWorkflow.occurrence, OccurrenceSignal(count=count))
+
+    async def counted() -> bool:
+        return (await handle.query(IncidentWorkflow.status)).occurrences == 13
+
+    await eventually(counted)
+    description = await handle.describe()
+    assert description.status is not None and description.status.name == "RUNNING"
+    await handle.terminate("test done")
+
+
+async def test_approval_expires_on_the_time_skipping_server(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    fakes = FakeActivities(diagnosis=fix_diagnosis())
+    client = time_skipping_env.client
+    queue = f"test-{uuid.uuid4()}"
+    async with Worker(client, task_queue=queue, workflows=[IncidentWorkflow], activities=fakes.all()):
+        handle = await start_incident(
+            client, queue, make_start(approval_timeout_s=int(timedelta(days=2).total_seconds()))
+        )
+        final = await handle.result()
+    assert final.phase == Phase.EXPIRED
+    assert "propose_change" not in fakes.calls

@@ -1,0 +1,203 @@
+"""Driving IncidentWorkflow in tests: fake activities under the real names, polling helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+
+from remedy import names
+from remedy.models import (
+    DiagnoseRequest,
+    Diagnosis,
+    DiagnosisResult,
+    Edit,
+    ErrorEvent,
+    ErrorInfo,
+    Evidence,
+    Frame,
+    FrameEvidence,
+    IncidentStart,
+    IncidentStatus,
+    InvestigateRequest,
+    PatchRequest,
+    PatchResult,
+    Phase,
+    Proposal,
+    ProposeRequest,
+    ServicePolicy,
+    Severity,
+    SuspectCommit,
+    SyncRequest,
+    VerificationResult,
+    VerifyRequest,
+    Worktree,
+)
+from workflows.incident import IncidentWorkflow
+
+APPROVER = "U024BE7LH"
+
+
+def make_start(
+    *,
+    service: str = "shop",
+    fingerprint: str | None = None,
+    approvers: Sequence[str] = (APPROVER,),
+    approval_timeout_s: int = 3600,
+    quiet_window_s: int = 0,
+    notify_only: bool = False,
+    allowed_paths: Sequence[str] = ("app/**",),
+    forbidden_paths: Sequence[str] = ("**/auth/**",),
+) -> IncidentStart:
+    return IncidentStart(
+        service=service,
+        fingerprint=fingerprint or uuid.uuid4().hex[:16],
+        severity=Severity.HIGH,
+        notify_only=notify_only,
+        event=ErrorEvent(
+            service=service,
+            release="0" * 40,
+            error=ErrorInfo(type="KeyError", message="'sku'"),
+            frames=[Frame(file="app/cart.py", line=2, function="total", in_app=True)],
+        ),
+        policy=ServicePolicy(
+            approvers=list(approvers),
+            allowed_paths=list(allowed_paths),
+            forbidden_paths=list(forbidden_paths),
+            approval_timeout_s=approval_timeout_s,
+            quiet_window_s=quiet_window_s,
+        ),
+        ui_base_url="http://127.0.0.1:8233/namespaces/default",
+    )
+
+
+def fix_diagnosis(*edits: Edit) -> Diagnosis:
+    return Diagnosis(
+        summary="KeyError on a missing sku",
+        root_cause="total() indexes 'sku' that old orders lack",
+        confidence=0.9,
+        edits=list(edits) or [Edit(path="app/cart.py", search="order['sku']", replace="order.get('sku', 0)")],
+    )
+
+
+@dataclass
+class FakeActivities:
+    """Real activity definitions under the real names, with scripted results and call logs."""
+
+    diagnosis: Diagnosis | None = None
+    abstain_reason: str = "no LLM backend configured"
+    verification: str = "passed"
+    sync_error: ApplicationError | None = None
+    calls: dict[str, int] = field(default_factory=dict)
+    proposals: list[ProposeRequest] = field(default_factory=list)
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def all(self) -> list[Callable[..., Any]]:
+        @activity.defn(name=names.ACTIVITY_SYNC_REPO)
+        async def sync_repo(request: SyncRequest) -> Worktree:
+            self._count("sync_repo")
+            if self.sync_error is not None:
+                raise self.sync_error
+            return Worktree(
+                service=request.service,
+                path=f"/tmp/worktrees/{request.incident_id}",
+                commit=request.release or "f" * 40,
+                branch="main",
+                commit_source="release",
+            )
+
+        @activity.defn(name=names.ACTIVITY_INVESTIGATE)
+        async def investigate(request: InvestigateRequest) -> Evidence:
+            self._count("investigate")
+            return Evidence(
+                summary="KeyError in app/cart.py:2 total()",
+                frames=[FrameEvidence(path="app/cart.py", line=2, function="total")],
+                suspect_commits=[
+                    SuspectCommit(
+                        sha="a" * 40, author="Bob", date="2026-11-18", subject="Add discounts"
+                    )
+                ],
+            )
+
+        @activity.defn(name=names.ACTIVITY_DIAGNOSE)
+        async def diagnose(request: DiagnoseRequest) -> DiagnosisResult:
+            self._count("diagnose")
+            if self.diagnosis is None:
+                return DiagnosisResult(abstained_reason=self.abstain_reason)
+            return DiagnosisResult(diagnosis=self.diagnosis, backend="fake")
+
+        @activity.defn(name=names.ACTIVITY_PREPARE_PATCH)
+        async def prepare_patch(request: PatchRequest) -> PatchResult:
+            self._count("prepare_patch")
+            return PatchResult(
+                applied=True, files=[e.path for e in request.edits], lines_added=1, lines_removed=1
+            )
+
+        @activity.defn(name=names.ACTIVITY_VERIFY_PATCH)
+        async def verify_patch(request: VerifyRequest) -> VerificationResult:
+            self._count("verify_patch")
+            return VerificationResult(status=self.verification, summary="3 passed")  # type: ignore[arg-type]
+
+        @activity.defn(name=names.ACTIVITY_PROPOSE_CHANGE)
+        async def propose_change(request: ProposeRequest) -> Proposal:
+            self._count("propose_change")
+            self.proposals.append(request)
+            return Proposal(
+                branch=names.branch_for(request.incident.incident_id),
+                commit="c" * 40,
+                title="fix(shop): KeyError in app/cart.py",
+            )
+
+        return [sync_repo, investigate, diagnose, prepare_patch, verify_patch, propose_change]
+
+
+async def start_incident(
+    client: Client, task_queue: str, start: IncidentStart
+) -> WorkflowHandle[IncidentWorkflow, IncidentStatus]:
+    return await client.start_workflow(
+        IncidentWorkflow.run,
+        start,
+        id=names.workflow_id_for(start.service, start.fingerprint),
+        task_queue=task_queue,
+    )
+
+
+async def wait_for_phase(
+    handle: WorkflowHandle[IncidentWorkflow, IncidentStatus],
+    *phases: Phase,
+    timeout_s: float = 30.0,
+) -> IncidentStatus:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = await handle.query(IncidentWorkflow.status)
+        if status.phase in phases:
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"phase is {status.phase}, expected one of {phases}")
+        await asyncio.sleep(0.1)
+
+
+async def eventually(check: Callable[[], Any], timeout_s: float = 20.0) -> Any:
+    """Poll an async predicate until it returns something truthy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.2)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,339 @@
+"""IncidentWorkflow: one production error, from evidence to an approved change.
+
+received -> syncing -> investigating -> diagnosing -> patching -> verifying
+-> awaiting_approval -> opening_pr -> pr_opened, or a terminal phase on the way
+(triaged, notified, rejected, expired, rate_limited, failed).
+
+The workflow only orchestrates and keeps state. Activities are called by their fixed names
+(remedy.names) so implementations — the local or GitHub forge, an LLM backend, or a test
+double — register under those names without the workflow importing any I/O code.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
+    from remedy import names, policy
+    from remedy.models import (
+        ApprovalRequest,
+        DecideRequest,
+        DecideResult,
+        Decision,
+        DiagnoseRequest,
+        DiagnosisResult,
+        Evidence,
+        IncidentStart,
+        IncidentStatus,
+        InvestigateRequest,
+        OccurrenceSignal,
+        PatchRequest,
+        PatchResult,
+        Phase,
+        PhaseChange,
+        Proposal,
+        ProposeRequest,
+        SyncRequest,
+        VerificationResult,
+        VerifyRequest,
+        Worktree,
+    )
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+_DEFAULT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=2),
+    maximum_attempts=6,
+)
+
+
+@workflow.defn(name="IncidentWorkflow")
+class IncidentWorkflow:
+    @workflow.init
+    def __init__(self, start: IncidentStart) -> None:
+        info = workflow.info()
+        now = workflow.now()
+        self._start = start
+        incident_id = names.incident_id_for(start.service, start.fingerprint, info.run_id)
+        ui_url = (
+            f"{start.ui_base_url.rstrip('/')}/workflows/{info.workflow_id}/{info.run_id}"
+            if start.ui_base_url
+            else ""
+        )
+        self._status = IncidentStatus(
+            incident_id=incident_id,
+            workflow_id=info.workflow_id,
+            service=start.service,
+            fingerprint=start.fingerprint,
+            phase=Phase.RECEIVED,
+            severity=start.severity,
+            error_type=start.event.error.type,
+            error_message=start.event.error.message,
+            occurrences=start.occurrences,
+            first_seen=now,
+            last_seen=now,
+            release=start.event.release,
+            ui_url=ui_url,
+            history=[PhaseChange(phase=Phase.RECEIVED, at=now)],
+        )
+
+    # ------------------------------------------------------------------ messages
+
+    @workflow.query(name="status")
+    def status(self) -> IncidentStatus:
+        return self._status
+
+    @workflow.signal(name="occurrence")
+    def occurrence(self, signal: OccurrenceSignal) -> None:
+        self._status.occurrences += signal.count
+        self._status.last_seen = workflow.now()
+        workflow.upsert_search_attributes(
+            [names.SA_OCCURRENCES.value_set(self._status.occurrences)]
+        )
+
+    @workflow.update(name="decide")
+    def decide(self, request: DecideRequest) -> DecideResult:
+        assert self._status.approval is not None  # guaranteed by the validator
+        decision = Decision(
+            decision=request.decision,
+            approver=request.approver,
+            reason=request.reason,
+            at=workflow.now(),
+        )
+        self._status.approval.decision = decision
+        return DecideResult(
+            incident_id=self._status.incident_id, phase=self._status.phase, decision=decision
+        )
+
+    @decide.validator
+    def _validate_decide(self, request: DecideRequest) -> None:
+        refusal = policy.approval_refusal(self._status.phase, self._status.approval, request)
+        if refusal:
+            raise ApplicationError(refusal, type="DecisionRefused", non_retryable=True)
+
+    # ------------------------------------------------------------------ the pipeline
+
+    @workflow.run
+    async def run(self, start: IncidentStart) -> IncidentStatus:
+        self._upsert_search_attributes()
+        if start.notify_only:
+            self._finish(Phase.NOTIFIED, f"severity {start.severity} is below the remediation bar")
+        else:
+            try:
+                await self._remediate()
+            except ActivityError as err:
+                cause = err.cause if err.cause is not None else err
+                self._finish(Phase.FAILED, f"{err.activity_type or 'activity'} failed: {cause}")
+        await self._absorb_until_quiet()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._status
+
+    async def _remediate(self) -> None:
+        start = self._start
+        status = self._status
+
+        self._set_phase(Phase.SYNCING)
+        worktree = await self._call(
+            names.ACTIVITY_SYNC_REPO,
+            SyncRequest(
+                incident_id=status.incident_id, service=start.service, release=start.event.release
+            ),
+            Worktree,
+            timeout=timedelta(minutes=15),
+            heartbeat=timedelta(minutes=1),
+        )
+        status.worktree = worktree
+
+        self._set_phase(Phase.INVESTIGATING)
+        status.evidence = await self._call(
+            names.ACTIVITY_INVESTIGATE,
+            InvestigateRequest(
+                incident_id=status.incident_id,
+                worktree=worktree,
+                error=start.event.error,
+                frames=start.event.frames,
+            ),
+            Evidence,
+            timeout=timedelta(minutes=5),
+        )
+
+        self._set_phase(Phase.DIAGNOSING)
+        status.diagnosis = await self._call(
+            names.ACTIVITY_DIAGNOSE,
+            DiagnoseRequest(
+                incident_id=status.incident_id,
+                severity=start.severity,
+                worktree=worktree,
+                error=start.event.error,
+                frames=start.event.frames,
+                evidence=status.evidence,
+                policy=start.policy,
+            ),
+            DiagnosisResult,
+            timeout=timedelta(minutes=20),
+            heartbeat=timedelta(minutes=2),
+        )
+        diagnosis = status.diagnosis.diagnosis
+        if diagnosis is None:
+            self._finish(Phase.TRIAGED, status.diagnosis.abstained_reason or "no diagnosis")
+            return
+        if not diagnosis.edits:
+            self._finish(Phase.TRIAGED, "the diagnosis proposes no safe change")
+            return
+
+        self._set_phase(Phase.PATCHING)
+        violations = policy.scope_violations(diagnosis.edits, start.policy)
+        if violations:
+            self._finish(Phase.TRIAGED, "; ".join(violations))
+            return
+        status.patch = await self._call(
+            names.ACTIVITY_PREPARE_PATCH,
+            PatchRequest(
+                incident_id=status.incident_id,
+                worktree=worktree,
+                edits=diagnosis.edits,
+                policy=start.policy,
+            ),
+            PatchResult,
+            timeout=timedelta(minutes=5),
+        )
+        if not status.patch.applied:
+            self._finish(Phase.TRIAGED, f"patch does not apply: {status.patch.reason}")
+            return
+        too_big = policy.diff_size_violation(
+            status.patch.lines_added, status.patch.lines_removed, start.policy.max_diff_lines
+        )
+        if too_big:
+            self._finish(Phase.TRIAGED, too_big)
+            return
+
+        self._set_phase(Phase.VERIFYING)
+        status.verification = await self._call(
+            names.ACTIVITY_VERIFY_PATCH,
+            VerifyRequest(
+                incident_id=status.incident_id,
+                worktree=worktree,
+                patch=status.patch,
+                error=start.event.error,
+            ),
+            VerificationResult,
+            timeout=timedelta(minutes=45),
+            heartbeat=timedelta(minutes=2),
+        )
+        if status.verification.status == "failed":
+            self._finish(
+                Phase.TRIAGED, f"the patch fails verification: {status.verification.summary}"
+            )
+            return
+
+        decision = await self._await_decision()
+        if decision is None:
+            self._finish(Phase.EXPIRED, "no decision before the approval expired")
+            return
+        if decision.decision == "reject":
+            self._finish(Phase.REJECTED, f"rejected by {decision.approver}: {decision.reason}")
+            return
+
+        self._set_phase(Phase.OPENING_PR)
+        status.proposal = await self._call(
+            names.ACTIVITY_OPEN_PULL_REQUEST
+            if start.forge == "github"
+            else names.ACTIVITY_PROPOSE_CHANGE,
+            ProposeRequest(incident=status),
+            Proposal,
+            timeout=timedelta(minutes=10),
+        )
+        self._finish(Phase.PR_OPENED, f"approved by {decision.approver}")
+
+    async def _await_decision(self) -> Decision | None:
+        timeout = timedelta(seconds=self._start.policy.approval_timeout_s)
+        now = workflow.now()
+        approval = ApprovalRequest(
+            request_id=str(workflow.uuid4()),
+            approvers=list(self._start.policy.approvers),
+            requested_at=now,
+            expires_at=now + timeout,
+        )
+        self._status.approval = approval
+        self._set_phase(Phase.AWAITING_APPROVAL)
+        try:
+            await workflow.wait_condition(lambda: approval.decision is not None, timeout=timeout)
+        except TimeoutError:
+            return None
+        return approval.decision
+
+    async def _absorb_until_quiet(self) -> None:
+        """Keep counting duplicates after the outcome so a storm stays one incident.
+
+        The incident closes only after `quiet_window_s` without an occurrence, or when history
+        grows large enough that Temporal suggests a new run; the next report then opens a new
+        incident.
+        """
+        quiet = timedelta(seconds=self._start.policy.quiet_window_s)
+        while quiet > timedelta(0):
+            seen = self._status.occurrences
+
+            def new_occurrence_or_full(seen: int = seen) -> bool:
+                return (
+                    self._status.occurrences != seen
+                    or workflow.info().is_continue_as_new_suggested()
+                )
+
+            try:
+                await workflow.wait_condition(new_occurrence_or_full, timeout=quiet)
+            except TimeoutError:
+                return
+            if workflow.info().is_continue_as_new_suggested():
+                return
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _call(
+        self,
+        activity: str,
+        request: BaseModel,
+        result_type: type[ResultT],
+        *,
+        timeout: timedelta,
+        heartbeat: timedelta | None = None,
+    ) -> ResultT:
+        result: Any = await workflow.execute_activity(
+            activity,
+            request,
+            result_type=result_type,
+            start_to_close_timeout=timeout,
+            heartbeat_timeout=heartbeat,
+            retry_policy=_DEFAULT_RETRY,
+        )
+        return result
+
+    def _set_phase(self, phase: Phase, note: str = "") -> None:
+        self._status.phase = phase
+        self._status.history.append(PhaseChange(phase=phase, at=workflow.now(), note=note))
+        self._upsert_search_attributes()
+
+    def _finish(self, phase: Phase, reason: str) -> None:
+        self._status.reason = reason
+        self._set_phase(phase, reason)
+
+    def _upsert_search_attributes(self) -> None:
+        status = self._status
+        workflow.upsert_search_attributes(
+            [
+                names.SA_SERVICE.value_set(status.service),
+                names.SA_PHASE.value_set(status.phase.value),
+                names.SA_SEVERITY.value_set(status.severity.value),
+                names.SA_ERROR_TYPE.value_set(status.error_type),
+                names.SA_FINGERPRINT.value_set(status.fingerprint),
+                names.SA_OCCURRENCES.value_set(status.occurrences),
+            ]
+        )
