@@ -51,8 +51,15 @@ def workflow_id_for(service: str, fingerprint: str) -> str:
 
 
 def incident_id_for(service: str, fingerprint: str, run_id: str) -> str:
-    """An incident is one run of the workflow id; the run prefix tells reopened incidents apart."""
-    return f"{service}-{fingerprint}-{run_id.replace('-', '')[:8]}"
+    """An incident is one run of the workflow id; a run suffix tells reopened incidents apart.
+
+    The suffix, not the prefix: Temporal's run ids are UUIDv7, whose leading bits are a clock.
+    """
+    return f"{service}-{fingerprint}-{run_tag(run_id)}"
+
+
+def run_tag(run_id: str) -> str:
+    return run_id.replace("-", "")[-8:]
 
 
 def branch_for(incident_id: str) -> str:
@@ -60,7 +67,7 @@ def branch_for(incident_id: str) -> str:
 
 
 def parse_incident_id(incident_id: str) -> tuple[str, str | None]:
-    """Return (workflow id, run-id prefix or None) for an incident id or a bare workflow id.
+    """Return (workflow id, run tag or None) for an incident id or a bare workflow id.
 
     Raises ValueError naming the expected shape.
     """
@@ -68,6 +75,7 @@ def parse_incident_id(incident_id: str) -> tuple[str, str | None]:
     match = _INCIDENT_ID.match(text)
     if not match:
         raise ValueError(
-            f"incident id {incident_id!r} is not of the form <service>-<16 hex fingerprint>[-<8 hex run>]"
+            f"incident id {incident_id!r} is not of the form "
+            "<service>-<16 hex fingerprint>[-<8 hex run tag>]"
         )
     return workflow_id_for(match["service"], match["fingerprint"]), match["run"]

@@ -38,11 +38,11 @@ async def find_incident(
 ) -> WorkflowHandle[IncidentWorkflow, IncidentStatus]:
     """The workflow run behind an incident id (or a bare workflow id: its latest run)."""
     try:
-        workflow_id, run_prefix = names.parse_incident_id(incident_id)
+        workflow_id, run = names.parse_incident_id(incident_id)
     except ValueError as exc:
         raise IncidentNotFound(str(exc)) from None
     async for execution in client.list_workflows(f"WorkflowId = {_quote(workflow_id)}"):
-        if run_prefix is None or execution.run_id.replace("-", "").startswith(run_prefix):
+        if run is None or names.run_tag(execution.run_id) == run:
             return client.get_workflow_handle_for(
                 IncidentWorkflow.run, workflow_id, run_id=execution.run_id
             )
@@ -54,7 +54,7 @@ async def find_incident(
         if err.status == RPCStatusCode.NOT_FOUND:
             raise IncidentNotFound(f"no incident {incident_id!r}") from None
         raise
-    if run_prefix is not None and not description.run_id.replace("-", "").startswith(run_prefix):
+    if run is not None and names.run_tag(description.run_id) != run:
         raise IncidentNotFound(f"no incident {incident_id!r}")
     return client.get_workflow_handle_for(
         IncidentWorkflow.run, workflow_id, run_id=description.run_id

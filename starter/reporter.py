@@ -93,8 +93,11 @@ class TemporalReporter:
                 with contextlib.suppress(asyncio.CancelledError):
                     await incident.flusher
             if incident.pending:
-                with contextlib.suppress(Exception):
+                try:
                     await self._deliver(incident)
+                except Exception:
+                    log.exception("dropping %d occurrences for %s at shutdown",
+                                  incident.pending, incident.workflow_id)
 
     # ------------------------------------------------------------------ internals
 

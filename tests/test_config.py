@@ -61,7 +61,8 @@ def test_paths_resolve_against_the_file_and_env_overrides_settings(
     monkeypatch.setenv("SHOP_TOKEN_FOR_TEST", "t0k3n")
     path = write(
         tmp_path,
-        "home = 'state'\n[services.shop]\nrepo = 'repos/shop'\nintake_token_env = 'SHOP_TOKEN_FOR_TEST'\n"
+        "home = 'state'\n[services.shop]\nrepo = 'repos/shop'\n"
+        "intake_token_env = 'SHOP_TOKEN_FOR_TEST'\n"
         "[services.remote]\nrepo = 'https://github.com/acme/remote.git'\n",
     )
     config = load_config(path)

@@ -37,12 +37,7 @@ class RecordingReporter:
 def real_traceback(tmp_path: Path) -> str:
     script = tmp_path / "app" / "cart.py"
     script.parent.mkdir(parents=True, exist_ok=True)
-    script.write_text(
-        "def total(order):\n"
-        "    return order['sku'] * 2\n"
-        "\n"
-        "total({'price': 3})\n"
-    )
+    script.write_text("def total(order):\n    return order['sku'] * 2\n\ntotal({'price': 3})\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert "Traceback" in done.stderr
     return done.stderr
@@ -70,7 +65,9 @@ def reporter() -> RecordingReporter:
 
 
 @pytest.fixture
-async def http(config: RemedyConfig, reporter: RecordingReporter) -> AsyncIterator[httpx.AsyncClient]:
+async def http(
+    config: RemedyConfig, reporter: RecordingReporter
+) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(config, reporter=reporter)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
@@ -99,7 +96,10 @@ async def test_accepts_a_valid_event_and_redacts_before_anything_else(
     body = event(
         frames=[],
         traceback=traceback_text,
-        error={"type": "KeyError", "message": "'sku' password=hunter2 for postgres://app:s3cret@db/x"},
+        error={
+            "type": "KeyError",
+            "message": "'sku' password=hunter2 for postgres://app:s3cret@db/x",
+        },
     )
     response = await http.post("/v1/errors", json=body, headers=auth())
     assert response.status_code == 202, response.text

@@ -85,6 +85,7 @@ async def test_reports_after_an_incident_closed_open_the_next_one(
 
     await asyncio.gather(*(reporter.report(start) for _ in range(3)))
     await reporter.close()
+    assert reporter.workflows_started == 2
 
     async def reopened() -> bool:
         description = await client.get_workflow_handle(first.workflow_id).describe()

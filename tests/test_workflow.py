@@ -34,7 +34,9 @@ def fakes() -> FakeActivities:
 @pytest.fixture
 async def task_queue(client: Client, fakes: FakeActivities) -> AsyncIterator[str]:
     queue = f"test-{uuid.uuid4()}"
-    async with Worker(client, task_queue=queue, workflows=[IncidentWorkflow], activities=fakes.all()):
+    async with Worker(
+        client, task_queue=queue, workflows=[IncidentWorkflow], activities=fakes.all()
+    ):
         yield queue
 
 
@@ -79,8 +81,10 @@ async def test_approval_path_validates_every_decision_then_proposes_once(
     request_id = status.approval.request_id
 
     cases = [
-        (DecideRequest(decision="approve", approver="U-intruder", request_id=request_id),
-         "not in this service's approvers"),
+        (
+            DecideRequest(decision="approve", approver="U-intruder", request_id=request_id),
+            "is not an approver",
+        ),
         (DecideRequest(decision="approve", approver=APPROVER, request_id="stale"), "stale"),
         (DecideRequest(decision="reject", approver=APPROVER, request_id=request_id), "reason"),
     ]
@@ -209,7 +213,9 @@ async def test_approval_expires_on_the_time_skipping_server(
     fakes = FakeActivities(diagnosis=fix_diagnosis())
     client = time_skipping_env.client
     queue = f"test-{uuid.uuid4()}"
-    async with Worker(client, task_queue=queue, workflows=[IncidentWorkflow], activities=fakes.all()):
+    async with Worker(
+        client, task_queue=queue, workflows=[IncidentWorkflow], activities=fakes.all()
+    ):
         handle = await start_incident(
             client, queue, make_start(approval_timeout_s=int(timedelta(days=2).total_seconds()))
         )

@@ -84,7 +84,8 @@ def fix_diagnosis(*edits: Edit) -> Diagnosis:
         summary="KeyError on a missing sku",
         root_cause="total() indexes 'sku' that old orders lack",
         confidence=0.9,
-        edits=list(edits) or [Edit(path="app/cart.py", search="order['sku']", replace="order.get('sku', 0)")],
+        edits=list(edits)
+        or [Edit(path="app/cart.py", search="order['sku']", replace="order.get('sku', 0)")],
     )
 
 

@@ -1,0 +1,194 @@
+"""The spine end to end: HTTP intake -> real Temporal -> real git activities -> approval -> push.
+
+Only the diagnosis is a double (registered under the real activity name): the LLM backends
+have their own tests. Everything else is the product: the intake app with its coalescing
+reporter, the workflow, sync_repo / investigate / prepare_patch / propose_change on real
+repositories.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from temporalio import activity
+from temporalio.client import Client
+
+from activities.forge import LocalForge
+from activities.git import GitActivities
+from remedy import names
+from remedy.artifacts import ArtifactStore
+from remedy.config import RemedyConfig
+from remedy.models import (
+    DiagnoseRequest,
+    Diagnosis,
+    DiagnosisResult,
+    Edit,
+    EvidenceLine,
+    IncidentStatus,
+    Phase,
+    VerificationResult,
+    VerifyRequest,
+)
+from starter.app import create_app
+from starter.incidents import decide
+from starter.reporter import TemporalReporter
+from tests.repos import ALICE, BOB, CAROL, ServiceRepo, git, make_service_repo
+from tests.workflow_harness import APPROVER, eventually
+from worker import build_worker
+
+TOKEN = "e2e-intake-token"
+
+CART_GOOD = "def total(order):\n    return order['price'] * order['qty']\n"
+CART_BUGGY = (
+    "def total(order):\n"
+    "    discount = order['discount']\n"
+    "    return order['price'] * order['qty'] - discount\n"
+)
+BUGGY_LINE = "    discount = order['discount']\n"
+FIXED_LINE = "    discount = order.get('discount', 0)\n"
+
+
+@activity.defn(name=names.ACTIVITY_DIAGNOSE)
+async def scripted_diagnose(request: DiagnoseRequest) -> DiagnosisResult:
+    return DiagnosisResult(
+        diagnosis=Diagnosis(
+            summary="orders without a discount crash total()",
+            root_cause="commit 'Apply discounts' indexes order['discount'] unconditionally",
+            confidence=0.9,
+            evidence=[EvidenceLine(path="app/cart.py", line=2)],
+            edits=[Edit(path="app/cart.py", search=BUGGY_LINE, replace=FIXED_LINE)],
+        ),
+        backend="scripted",
+    )
+
+
+@activity.defn(name=names.ACTIVITY_VERIFY_PATCH)
+async def scripted_verify(request: VerifyRequest) -> VerificationResult:
+    return VerificationResult(status="skipped", summary="no test_command configured")
+
+
+@pytest.fixture
+def service_repo(tmp_path: Path) -> ServiceRepo:
+    repo = make_service_repo(tmp_path, service="shop")
+    repo.commit({"app/__init__.py": "", "app/cart.py": CART_GOOD}, "Add cart total", author=ALICE)
+    repo.bug_commit = repo.commit(  # type: ignore[attr-defined]
+        {"app/cart.py": CART_BUGGY}, "Apply discounts", author=BOB
+    )
+    repo.commit({"README.md": "# shop\n"}, "Add a README", author=CAROL)
+    return repo
+
+
+def crash(repo: ServiceRepo) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", "from app.cart import total; total({'price': 2, 'qty': 3})"],
+        cwd=repo.work,
+        capture_output=True,
+        text=True,
+    )
+    assert "KeyError" in done.stderr
+    return done.stderr
+
+
+@pytest.fixture
+def config(
+    service_repo: ServiceRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> RemedyConfig:
+    monkeypatch.setenv("E2E_SHOP_TOKEN", TOKEN)
+    config = service_repo.config(
+        tmp_path / "home",
+        intake_token_env="E2E_SHOP_TOKEN",
+        approvers=[APPROVER],
+        allowed_paths=["app/**"],
+    )
+    config.temporal.task_queue = f"e2e-{uuid.uuid4()}"
+    config.limits.quiet_window_s = 0
+    return config
+
+
+@pytest.fixture
+async def intake(client: Client, config: RemedyConfig) -> AsyncIterator[httpx.AsyncClient]:
+    store = ArtifactStore(config.artifacts_dir)
+    git_activities, forge = GitActivities(config, store), LocalForge(config, store)
+    real = [
+        git_activities.sync_repo,
+        git_activities.investigate,
+        git_activities.prepare_patch,
+        forge.propose_change,
+    ]
+    reporter = TemporalReporter(
+        client,
+        task_queue=config.temporal.task_queue,
+        coalesce_interval_s=0.05,
+        ui_url="http://127.0.0.1:8233/namespaces/default",
+    )
+    app = create_app(config, reporter=reporter, client=client)
+    async with build_worker(client, config, activities=[*real, scripted_diagnose, scripted_verify]):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://intake") as http:
+            yield http
+        await reporter.close()
+
+
+async def status_of(http: httpx.AsyncClient, incident_id: str) -> IncidentStatus:
+    response = await http.get(
+        f"/v1/incidents/{incident_id}", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert response.status_code == 200, response.text
+    return IncidentStatus.model_validate(response.json())
+
+
+async def test_error_to_evidence_to_approval_to_pushed_branch(
+    client: Client, config: RemedyConfig, service_repo: ServiceRepo, intake: httpx.AsyncClient
+) -> None:
+    release = service_repo.head()
+    event = {
+        "service": "shop",
+        "release": release,
+        "error": {"type": "KeyError", "message": "'discount'"},
+        "traceback": crash(service_repo),
+    }
+    reply = await intake.post(
+        "/v1/errors", json=event, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert reply.status_code == 202, reply.text
+    incident_id = reply.json()["incident_id"]
+
+    async def awaiting() -> IncidentStatus | None:
+        status = await status_of(intake, incident_id)
+        assert status.phase not in {Phase.FAILED, Phase.TRIAGED}, status.reason
+        return status if status.phase == Phase.AWAITING_APPROVAL else None
+
+    status: IncidentStatus = await eventually(awaiting, timeout_s=60)
+    assert status.worktree is not None and status.worktree.commit == release
+    evidence = status.evidence
+    assert evidence is not None
+    innermost = (
+        evidence.frames[-1] if evidence.frames[-1].path == "app/cart.py" else evidence.frames[0]
+    )
+    assert innermost.path == "app/cart.py" and innermost.function == "total"
+    assert evidence.suspect_commits[0].sha == service_repo.bug_commit  # type: ignore[attr-defined]
+    assert evidence.suspect_commits[0].author == BOB.name
+    assert status.patch is not None and status.patch.files == ["app/cart.py"]
+    assert service_repo.remote_branch(names.branch_for(incident_id)) is None
+
+    result = await decide(client, incident_id, "approve", APPROVER, None)
+    assert result.decision.approver == APPROVER
+
+    async def opened() -> IncidentStatus | None:
+        status = await status_of(intake, incident_id)
+        return status if status.phase == Phase.PR_OPENED else None
+
+    final: IncidentStatus = await eventually(opened, timeout_s=60)
+    assert final.proposal is not None
+    branch_sha = service_repo.remote_branch(names.branch_for(incident_id))
+    assert branch_sha == final.proposal.commit
+    fixed = git(service_repo.origin, "show", f"{branch_sha}:app/cart.py")
+    assert "order.get('discount', 0)" in fixed
+    body = ArtifactStore(config.artifacts_dir).get_text(final.proposal.body)  # type: ignore[arg-type]
+    assert "KeyError" in body and APPROVER in body
