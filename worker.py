@@ -29,10 +29,22 @@ def build_activities(config: RemedyConfig, store: ArtifactStore) -> list[Callabl
     """One instance per activity class, built once per worker (clients and models load once)."""
     from activities.forge import LocalForge
     from activities.git import GitActivities
+    from activities.github import GitHubActivities
+    from activities.slack import SlackActivities
 
     git = GitActivities(config, store)
     forge = LocalForge(config, store)
-    return [git.sync_repo, git.investigate, git.prepare_patch, forge.propose_change]
+    github = GitHubActivities(config, store)
+    slack = SlackActivities(config, store)
+    return [
+        git.sync_repo,
+        git.investigate,
+        git.prepare_patch,
+        forge.propose_change,
+        github.open_pull_request,
+        github.open_issue,
+        slack.notify,
+    ]
 
 
 def build_worker(

@@ -98,13 +98,16 @@ class ModelPrice(_Section):
 
 
 def _default_prices() -> dict[str, ModelPrice]:
-    # Keys are model-name prefixes (the longest matching one wins), so dated ids such as
-    # claude-sonnet-4-5-20250929 find their family's price.
+    # A key prices that model and its dated snapshots (claude-sonnet-4-5-20250929); a model
+    # not listed has no estimate rather than a neighbour's.
     table = {
+        "claude-opus-4-0": (15.0, 75.0),
         "claude-opus-4": (15.0, 75.0),
         "claude-opus-4-1": (15.0, 75.0),
         "claude-opus-4-5": (5.0, 25.0),
+        "claude-sonnet-4-0": (3.0, 15.0),
         "claude-sonnet-4": (3.0, 15.0),
+        "claude-sonnet-4-5": (3.0, 15.0),
         "claude-haiku-4-5": (1.0, 5.0),
     }
     return {name: ModelPrice(input_per_mtok=i, output_per_mtok=o) for name, (i, o) in table.items()}
@@ -155,7 +158,7 @@ class LLMConfig(_Section):
     )
     prices: dict[str, ModelPrice] = Field(
         default_factory=_default_prices,
-        description="Estimated cost per model-name prefix; unlisted local models cost nothing",
+        description="US dollars per model and its dated snapshots; unlisted local models are free",
     )
 
 
@@ -204,13 +207,25 @@ class QdrantConfig(_Section):
         default=None, description="A Qdrant server; absent: embedded under home"
     )
     api_key_env: str | None = None
-    path: str = "index"
+    path: str = Field(default="index", description="The embedded store's folder, under home")
+    collection_prefix: str = Field(default="remedy", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    keep_commits: int = Field(
+        default=8, ge=1, description="Commits per repository the index answers for; older purge"
+    )
+    max_file_bytes: int = Field(default=512 * 1024, ge=1024, description="Larger files skip")
+    timeout_s: float = Field(default=30.0, gt=0, description="Per request to a Qdrant server")
 
 
 class EmbeddingsConfig(_Section):
     model: str | None = Field(
         default=None, description="sentence-transformers name or path; absent: packaged MiniLM"
     )
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="'auto': bfloat16 where the CPU computes it natively (AVX512-BF16, AMX), "
+        "else float32",
+    )
+    batch_size: int = Field(default=32, ge=1, le=1024)
 
 
 # -- log watcher (issue 6 owns this section) ------------------------------------------
@@ -219,6 +234,23 @@ class EmbeddingsConfig(_Section):
 class WatchConfig(_Section):
     state_file: str = "watch-state.json"
     poll_interval_s: float = Field(default=0.5, gt=0)
+    start_at: Literal["end", "beginning"] = Field(
+        default="end",
+        description="Where to begin a log file that already exists when `remedy watch` first "
+        "sees it; files that appear later (rotation, new logs) are always read from the start",
+    )
+    traceback_flush_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How long a finished-looking plain traceback waits for a chained one",
+    )
+    max_record_bytes: int = Field(
+        default=1_048_576,
+        ge=4096,
+        description="Longer lines or tracebacks are skipped (or cut), so memory stays bounded",
+    )
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    max_backoff_s: float = Field(default=30.0, gt=0)
 
 
 class ServiceConfig(_Section):

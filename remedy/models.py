@@ -387,6 +387,62 @@ class ProposeRequest(BaseModel):
 # ---------------------------------------------------------------------------- code index (issue 3)
 
 
+class IndexRequest(BaseModel):
+    """Bring the code index of `worktree`'s repository up to `worktree.commit`."""
+
+    worktree: Worktree
+    incident_id: str | None = None
+
+
+class IndexResult(BaseModel):
+    repo: str = Field(description="The repository's key in the index (its configured location)")
+    commit: str
+    files: int = Field(default=0, description="Files indexed at this commit")
+    skipped_files: int = 0
+    chunks: int = Field(default=0, description="Chunks present at this commit")
+    embedded: int = Field(default=0, description="Chunks embedded by this run")
+    reused: int = Field(default=0, description="Chunks whose vectors were already stored")
+    deleted: int = Field(default=0, description="Chunks of the previous head gone at this commit")
+    purged: int = Field(default=0, description="Points dropped with commits past retention")
+    seconds: float = 0.0
+    backend: str = ""
+
+
+class RelatedRequest(BaseModel):
+    incident_id: str
+    worktree: Worktree
+    error: ErrorInfo
+    frames: list[Frame] = Field(default_factory=list)
+    limit: int = Field(default=8, ge=1, le=50)
+
+
+class RelatedResult(BaseModel):
+    related_code: list[RelatedCode] = Field(default_factory=list)
+    similar_incidents: list[SimilarIncident] = Field(default_factory=list)
+    frame_chunks: int = Field(default=0, description="Hits that are the frames' own code, left out")
+    artifact: ArtifactRef | None = None
+
+
+class RecordIncidentRequest(BaseModel):
+    """A closed incident, remembered so later incidents can list it as a similar one."""
+
+    incident_id: str
+    service: str
+    fingerprint: str
+    error: ErrorInfo
+    frames: list[Frame] = Field(default_factory=list)
+    summary: str = ""
+    root_cause: str = ""
+    outcome: str = Field(description="approved, rejected, expired, triaged, ...")
+    reason: str | None = None
+    patch: ArtifactRef | None = Field(default=None, description="The proposed diff, if any")
+
+
+class RecordIncidentResult(BaseModel):
+    incident_id: str
+    point_id: str
+
+
 # ---------------------------------------------------------------------------- diagnosis (issue 4)
 
 

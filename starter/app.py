@@ -22,6 +22,7 @@ from remedy.intake import build_incident_start
 from remedy.models import ErrorEvent, IncidentStatus, IntakeResponse
 from starter.incidents import IncidentNotFound, incident_status
 from starter.reporter import Reporter, TemporalReporter
+from starter.slack import mount_slack
 from starter.temporal_client import connect
 
 log = logging.getLogger(__name__)
@@ -255,9 +256,13 @@ def create_app(
                 ui_url=f"{config.temporal.ui_url.rstrip('/')}/namespaces/{config.temporal.namespace}",
             )
             app.state.reporter = owned
+        if slack is not None:
+            await slack.start()
         try:
             yield
         finally:
+            if slack is not None:
+                await slack.stop()
             if owned is not None:
                 await owned.close()
 
@@ -272,4 +277,6 @@ def create_app(
     app.state.client = client
     app.add_exception_handler(HTTPProblem, _problem_response)
     app.include_router(router)
+    # Approve/Reject clicks arrive at POST /slack/events (or over Socket Mode).
+    slack = mount_slack(app, config, lambda: app.state.client)
     return app

@@ -96,8 +96,11 @@ class TemporalReporter:
                 try:
                     await self._deliver(incident)
                 except Exception:
-                    log.exception("dropping %d occurrences for %s at shutdown",
-                                  incident.pending, incident.workflow_id)
+                    log.exception(
+                        "dropping %d occurrences for %s at shutdown",
+                        incident.pending,
+                        incident.workflow_id,
+                    )
 
     # ------------------------------------------------------------------ internals
 

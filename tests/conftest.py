@@ -22,7 +22,14 @@ TEMPORAL = str(BIN / "temporal")
 TEMPORAL_TEST_SERVER = str(BIN / "temporal-test-server")
 
 # Tests never reach a real LLM, Slack or GitHub, whatever the developer's shell holds.
-for _var in ("ANTHROPIC_API_KEY", "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "GITHUB_TOKEN"):
+for _var in (
+    "ANTHROPIC_API_KEY",
+    "SLACK_BOT_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_APP_TOKEN",
+    "GITHUB_TOKEN",
+    "GITHUB_APP_PRIVATE_KEY",
+):
     os.environ.pop(_var, None)
 
 

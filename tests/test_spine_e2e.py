@@ -19,8 +19,6 @@ import pytest
 from temporalio import activity
 from temporalio.client import Client
 
-from activities.forge import LocalForge
-from activities.git import GitActivities
 from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
@@ -40,7 +38,7 @@ from starter.incidents import decide
 from starter.reporter import TemporalReporter
 from tests.repos import ALICE, BOB, CAROL, ServiceRepo, git, make_service_repo
 from tests.workflow_harness import APPROVER, eventually
-from worker import build_worker
+from worker import build_activities, build_worker
 
 TOKEN = "e2e-intake-token"
 
@@ -114,12 +112,10 @@ def config(
 @pytest.fixture
 async def intake(client: Client, config: RemedyConfig) -> AsyncIterator[httpx.AsyncClient]:
     store = ArtifactStore(config.artifacts_dir)
-    git_activities, forge = GitActivities(config, store), LocalForge(config, store)
     real = [
-        git_activities.sync_repo,
-        git_activities.investigate,
-        git_activities.prepare_patch,
-        forge.propose_change,
+        a
+        for a in build_activities(config, store)
+        if getattr(a, "__name__", "") not in {"diagnose", "verify_patch"}
     ]
     reporter = TemporalReporter(
         client,

@@ -111,6 +111,11 @@ async def test_approval_path_validates_every_decision_then_proposes_once(
     assert final.proposal is not None
     assert final.proposal.branch == f"remedy/{final.incident_id}"
     assert fakes.calls["propose_change"] == 1
+    assert fakes.notifications == [
+        ("update", Phase.AWAITING_APPROVAL),
+        ("update", Phase.OPENING_PR),
+        ("update", Phase.PR_OPENED),
+    ]
     assert fakes.proposals[0].incident.approval.decision.approver == APPROVER  # type: ignore[union-attr]
 
 
@@ -187,7 +192,8 @@ async def test_below_the_bar_is_notified_only(
 ) -> None:
     final = await (await start_incident(client, task_queue, make_start(notify_only=True))).result()
     assert final.phase == Phase.NOTIFIED
-    assert fakes.calls == {}
+    assert fakes.calls == {"notify": 1}
+    assert fakes.notifications == [("update", Phase.NOTIFIED)]
 
 
 async def test_occurrences_count_while_open_and_after_the_outcome(
@@ -222,3 +228,8 @@ async def test_approval_expires_on_the_time_skipping_server(
         final = await handle.result()
     assert final.phase == Phase.EXPIRED
     assert "propose_change" not in fakes.calls
+    assert fakes.notifications == [
+        ("update", Phase.AWAITING_APPROVAL),
+        ("reminder", Phase.AWAITING_APPROVAL),
+        ("update", Phase.EXPIRED),
+    ]

@@ -28,6 +28,10 @@ from remedy.models import (
     IncidentStart,
     IncidentStatus,
     InvestigateRequest,
+    IssueResult,
+    NotifyRequest,
+    NotifyResult,
+    OpenIssueRequest,
     PatchRequest,
     PatchResult,
     Phase,
@@ -99,6 +103,7 @@ class FakeActivities:
     sync_error: ApplicationError | None = None
     calls: dict[str, int] = field(default_factory=dict)
     proposals: list[ProposeRequest] = field(default_factory=list)
+    notifications: list[tuple[str, Phase]] = field(default_factory=list)
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -159,7 +164,27 @@ class FakeActivities:
                 title="fix(shop): KeyError in app/cart.py",
             )
 
-        return [sync_repo, investigate, diagnose, prepare_patch, verify_patch, propose_change]
+        @activity.defn(name=names.ACTIVITY_NOTIFY)
+        async def notify(request: NotifyRequest) -> NotifyResult:
+            self._count("notify")
+            self.notifications.append((request.kind, request.incident.phase))
+            return NotifyResult(delivered=False, reason="Slack is not configured")
+
+        @activity.defn(name=names.ACTIVITY_OPEN_ISSUE)
+        async def open_issue(request: OpenIssueRequest) -> IssueResult:
+            self._count("open_issue")
+            return IssueResult(opened=False, reason="no issue for this severity")
+
+        return [
+            sync_repo,
+            investigate,
+            diagnose,
+            prepare_patch,
+            verify_patch,
+            propose_change,
+            notify,
+            open_issue,
+        ]
 
 
 async def start_incident(

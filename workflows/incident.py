@@ -33,7 +33,11 @@ with workflow.unsafe.imports_passed_through():
         IncidentStart,
         IncidentStatus,
         InvestigateRequest,
+        IssueResult,
+        NotifyRequest,
+        NotifyResult,
         OccurrenceSignal,
+        OpenIssueRequest,
         PatchRequest,
         PatchResult,
         Phase,
@@ -53,6 +57,13 @@ _DEFAULT_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=2),
     maximum_attempts=6,
+)
+# Slack and issue trackers are side channels: a short retry, then the incident goes on.
+_SIDE_CHANNEL_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
 )
 
 
@@ -133,6 +144,7 @@ class IncidentWorkflow:
             except ActivityError as err:
                 cause = err.cause if err.cause is not None else err
                 self._finish(Phase.FAILED, f"{err.activity_type or 'activity'} failed: {cause}")
+        await self._notify()
         await self._absorb_until_quiet()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._status
@@ -165,6 +177,7 @@ class IncidentWorkflow:
             Evidence,
             timeout=timedelta(minutes=5),
         )
+        await self._open_issue()
 
         self._set_phase(Phase.DIAGNOSING)
         status.diagnosis = await self._call(
@@ -244,6 +257,7 @@ class IncidentWorkflow:
             return
 
         self._set_phase(Phase.OPENING_PR)
+        await self._notify()
         status.proposal = await self._call(
             names.ACTIVITY_OPEN_PULL_REQUEST
             if start.forge == "github"
@@ -265,11 +279,18 @@ class IncidentWorkflow:
         )
         self._status.approval = approval
         self._set_phase(Phase.AWAITING_APPROVAL)
-        try:
-            await workflow.wait_condition(lambda: approval.decision is not None, timeout=timeout)
-        except TimeoutError:
-            return None
-        return approval.decision
+        await self._notify()
+        # Halfway to expiry the approvers get one reminder in the incident's thread.
+        for stage in ("reminder", "expiry"):
+            try:
+                await workflow.wait_condition(
+                    lambda: approval.decision is not None, timeout=timeout / 2
+                )
+                return approval.decision
+            except TimeoutError:
+                if stage == "reminder":
+                    await self._notify(kind="reminder")
+        return None
 
     async def _absorb_until_quiet(self) -> None:
         """Keep counting duplicates after the outcome so a storm stays one incident.
@@ -295,6 +316,43 @@ class IncidentWorkflow:
             if workflow.info().is_continue_as_new_suggested():
                 return
 
+    # ------------------------------------------------------------------ side channels
+
+    async def _notify(self, kind: str = "update") -> None:
+        """Post or edit the incident's Slack message. A chat outage never fails the incident."""
+        request = NotifyRequest(incident=self._status, raw_error=self._raw_error(), kind=kind)
+        try:
+            await self._call(
+                names.ACTIVITY_NOTIFY,
+                request,
+                NotifyResult,
+                timeout=timedelta(minutes=1),
+                retry=_SIDE_CHANNEL_RETRY,
+            )
+        except ActivityError as err:
+            workflow.logger.warning("notify failed for %s: %s", self._status.incident_id, err.cause)
+
+    async def _open_issue(self) -> None:
+        """One tracking issue per fingerprint for severities configured to get one."""
+        request = OpenIssueRequest(incident=self._status, raw_error=self._raw_error())
+        try:
+            await self._call(
+                names.ACTIVITY_OPEN_ISSUE,
+                request,
+                IssueResult,
+                timeout=timedelta(minutes=2),
+                retry=_SIDE_CHANNEL_RETRY,
+            )
+        except ActivityError as err:
+            workflow.logger.warning(
+                "open_issue failed for %s: %s", self._status.incident_id, err.cause
+            )
+
+    def _raw_error(self) -> str:
+        # The tail is what people read first in Slack; the event was redacted at intake.
+        error = self._start.event.error
+        return (self._start.event.traceback or f"{error.type}: {error.message}")[-4000:]
+
     # ------------------------------------------------------------------ helpers
 
     async def _call(
@@ -305,6 +363,7 @@ class IncidentWorkflow:
         *,
         timeout: timedelta,
         heartbeat: timedelta | None = None,
+        retry: RetryPolicy = _DEFAULT_RETRY,
     ) -> ResultT:
         result: Any = await workflow.execute_activity(
             activity,
@@ -312,7 +371,7 @@ class IncidentWorkflow:
             result_type=result_type,
             start_to_close_timeout=timeout,
             heartbeat_timeout=heartbeat,
-            retry_policy=_DEFAULT_RETRY,
+            retry_policy=retry,
         )
         return result
 

@@ -1,0 +1,514 @@
+"""GitHub: the approved change as a draft pull request, and one issue per severe fingerprint.
+
+`GitHubActivities` is the `github` implementation of the forge interface (activities/forge.py has
+the interface and the `local` push). It needs no git credentials on the worker: the change is
+written through the Git Data API (blobs, a tree, a commit on the base branch's current head,
+the ref `remedy/<incident>`), with a token or a GitHub App installation.
+
+Idempotent by look-before-create: the incident's pull request, then its branch, are looked
+for before anything is made; "already exists" answers (422) turn into lookups. The branch's
+commit carries the `Remedy-Incident` trailer, so a branch of that name without it belongs to a
+person and is never touched. Remedy never merges.
+
+Failures: 401/403/404 and validation errors stop retrying with a message naming the fix;
+rate limits wait as long as GitHub asks (Retry-After, X-RateLimit-Reset); 5xx and connection
+errors are retried by Temporal (PyGithub's own retries and waits are off).
+"""
+
+from __future__ import annotations
+
+import base64
+import posixpath
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from github import Auth, Github, GithubException, GithubIntegration, UnknownObjectException
+from github.GitTree import GitTree
+from github.InputGitTreeElement import InputGitTreeElement
+from github.PullRequest import PullRequest
+from github.Repository import Repository
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.forge import INCIDENT_TRAILER, commit_message, pull_request_body, pull_request_title
+from remedy import names
+from remedy.artifacts import ArtifactStore
+from remedy.config import RemedyConfig, secret
+from remedy.models import (
+    Edit,
+    IncidentStatus,
+    IssueResult,
+    OpenIssueRequest,
+    Proposal,
+    ProposeRequest,
+)
+
+FINGERPRINT_MARKER = "remedy-fingerprint"
+_DEFAULT_RATE_LIMIT_WAIT_S = 60
+_RAW_ERROR_CHARS = 6000
+
+
+class GitHubSetupError(Exception):
+    """GitHub is not configured for this service (no repository or no credentials)."""
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+def _message(exc: GithubException) -> str:
+    data = exc.data if isinstance(exc.data, dict) else {}
+    text = str(data.get("message") or exc.message or "")
+    details = [
+        str(e.get("message") or e.get("code"))
+        for e in data.get("errors") or []
+        if isinstance(e, dict) and (e.get("message") or e.get("code"))
+    ]
+    return "; ".join([text, *details]) if details else text
+
+
+def _retry_delay(headers: Mapping[str, str]) -> int:
+    if "retry-after" in headers:
+        try:
+            return max(1, int(headers["retry-after"]))
+        except ValueError:
+            pass
+    if headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in headers:
+        try:
+            return max(1, int(headers["x-ratelimit-reset"]) - int(time.time()))
+        except ValueError:
+            pass
+    return _DEFAULT_RATE_LIMIT_WAIT_S
+
+
+def github_failure(exc: GithubException, doing: str, config: RemedyConfig) -> ApplicationError:
+    """Classify a GitHub error for Temporal's retry, naming what was being done and the fix."""
+    status = exc.status
+    message = _message(exc)
+    headers = {key.lower(): value for key, value in (exc.headers or {}).items()}
+    rate_limited = status == 429 or (
+        status == 403
+        and (
+            "retry-after" in headers
+            or headers.get("x-ratelimit-remaining") == "0"
+            or "rate limit" in message.lower()
+        )
+    )
+    if rate_limited:
+        delay = _retry_delay(headers)
+        return ApplicationError(
+            f"GitHub {doing}: rate limited ({message}); retrying in {delay}s as GitHub asks",
+            type="GitHubRateLimited",
+            next_retry_delay=timedelta(seconds=delay),
+        )
+    if status >= 500:
+        return ApplicationError(f"GitHub {doing}: {status} {message}", type="GitHubUnavailable")
+    fixes = {
+        401: f"the credentials are not accepted (renew ${config.github.token_env}, or the App's "
+        f"key in ${config.github.app_private_key_env})",
+        403: "the token may not do this (it needs contents, pull requests and issues: write)",
+        404: "no such repository, or the token cannot see it (check services.<name>.github_repo)",
+    }
+    fix = fixes.get(status, "GitHub refused the request")
+    return ApplicationError(
+        f"GitHub {doing}: {status} {message}: {fix}", type="GitHubRefused", non_retryable=True
+    )
+
+
+# ---------------------------------------------------------------------------- the change
+
+
+@dataclass
+class _File:
+    mode: str
+    original: str
+    text: str
+
+
+def _repo_path(path: str) -> str | None:
+    """`path` normalised relative to the repository root, or None if it leaves it."""
+    if path.startswith("/") or "\\" in path or "\0" in path:
+        return None
+    normal = posixpath.normpath(path)
+    if normal in {".", ".."} or normal.startswith("../") or ".git" in normal.split("/"):
+        return None
+    return normal
+
+
+def _occurrence(text: str, search: str) -> int | str:
+    """The offset of the only occurrence of `search`, or a word for how often it occurs."""
+    first = text.find(search)
+    if first < 0:
+        return "not found"
+    if text.find(search, first + 1) >= 0:
+        return "found more than once"
+    return first
+
+
+class _TreeReader:
+    """Files of one commit, read through the Git Data API one directory at a time."""
+
+    def __init__(self, repo: Repository, root: GitTree) -> None:
+        self._repo = repo
+        self._trees: dict[str, GitTree | None] = {"": root}
+
+    def entry(self, path: str) -> tuple[str, str, str] | None:
+        """(mode, type, sha) of `path`, or None if it does not exist."""
+        folder, _, leaf = path.rpartition("/")
+        tree = self._tree(folder)
+        if tree is None:
+            return None
+        for element in tree.tree:
+            if element.path == leaf:
+                return element.mode, element.type, element.sha
+        return None
+
+    def _tree(self, folder: str) -> GitTree | None:
+        if folder in self._trees:
+            return self._trees[folder]
+        parent, _, name = folder.rpartition("/")
+        above = self._tree(parent)
+        if above is None:
+            return None
+        sha = next((e.sha for e in above.tree if e.path == name and e.type == "tree"), None)
+        self._trees[folder] = self._repo.get_git_tree(sha) if sha else None
+        return self._trees[folder]
+
+
+def apply_edits(
+    repo: Repository, root: GitTree, edits: Sequence[Edit], where: str
+) -> dict[str, _File]:
+    """The edited files at `root`; a conflict is a non-retryable error naming the file.
+
+    Same rules as prepare_patch: each search text occurs exactly once in the file, and edits
+    of one file apply in order without overlapping.
+    """
+    reader = _TreeReader(repo, root)
+    files: dict[str, _File] = {}
+    for number, edit in enumerate(edits, start=1):
+        label = f"edit {number} ({edit.path})"
+        path = _repo_path(edit.path)
+        if path is None:
+            raise _conflict(f"{label}: the path must be relative and stay inside the repository")
+        if path not in files:
+            entry = reader.entry(path)
+            if entry is None or entry[1] != "blob":
+                raise _conflict(f"{label}: no such file at {where}")
+            mode, _, sha = entry
+            if mode not in {"100644", "100755"}:
+                raise _conflict(f"{label}: not a regular file at {where} (mode {mode})")
+            blob = repo.get_git_blob(sha)
+            try:
+                raw = base64.b64decode(blob.content) if blob.encoding == "base64" else blob.content
+                original = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            except UnicodeDecodeError:
+                raise _conflict(f"{label}: the file at {where} is not UTF-8 text") from None
+            files[path] = _File(mode, original, original)
+        edited = files[path]
+        found = _occurrence(edited.original, edit.search)
+        if isinstance(found, str):
+            raise _conflict(
+                f"{label}: the search text is {found} in the file at {where}; the file changed "
+                f"since the incident's commit (resolve it by hand, or let the error recur to "
+                f"diagnose it again)"
+            )
+        offset = _occurrence(edited.text, edit.search)
+        if isinstance(offset, str):
+            raise _conflict(f"{label}: the search text overlaps an earlier edit of the same file")
+        edited.text = edited.text[:offset] + edit.replace + edited.text[offset + len(edit.search) :]
+    return {path: f for path, f in files.items() if f.text != f.original}
+
+
+def _conflict(message: str) -> ApplicationError:
+    return ApplicationError(message, type="PatchConflict", non_retryable=True)
+
+
+# ---------------------------------------------------------------------------- the forge
+
+
+class GitHubActivities:
+    """The `github` forge: opens the approved change as a pull request (`publish`), and keeps
+    one issue per fingerprint for the severities configured to get one."""
+
+    def __init__(self, config: RemedyConfig, store: ArtifactStore) -> None:
+        self._config = config
+        self._store = store
+        self._installations: dict[str, int] = {}
+
+    # -- activities ------------------------------------------------------------
+
+    @activity.defn(name=names.ACTIVITY_OPEN_PULL_REQUEST)
+    def open_pull_request(self, request: ProposeRequest) -> Proposal:
+        return self.publish(request.incident)
+
+    @activity.defn(name=names.ACTIVITY_OPEN_ISSUE)
+    def open_issue(self, request: OpenIssueRequest) -> IssueResult:
+        """One issue per (service, fingerprint) for severities in [github] issue_severities."""
+        incident = request.incident
+        if incident.severity not in self._config.github.issue_severities:
+            return IssueResult(
+                opened=False,
+                reason=f"severity {incident.severity.value} is not in [github] issue_severities",
+            )
+        try:
+            repo_name = self._repo_name(incident.service)
+            client = self._client(repo_name)
+        except GitHubSetupError as exc:
+            return IssueResult(opened=False, reason=str(exc))
+        marker = f"<!-- {FINGERPRINT_MARKER}: {incident.service}/{incident.fingerprint} -->"
+        labels = list(self._config.github.issue_labels)
+        doing = f"looking for the issue of {incident.service}/{incident.fingerprint}"
+        try:
+            repo = client.get_repo(repo_name)
+            for issue in repo.get_issues(state="all", labels=labels):
+                if issue.pull_request is None and marker in (issue.body or ""):
+                    return IssueResult(opened=True, number=issue.number, url=issue.html_url)
+            doing = f"opening an issue in {repo_name}"
+            created = repo.create_issue(
+                title=_issue_title(incident),
+                body=_issue_body(incident, request.raw_error, marker),
+                labels=labels,
+            )
+        except GithubException as exc:
+            raise github_failure(exc, doing, self._config) from None
+        activity.logger.info("opened issue #%s for %s", created.number, incident.incident_id)
+        return IssueResult(opened=True, created=True, number=created.number, url=created.html_url)
+
+    # -- the forge interface ---------------------------------------------------
+
+    def publish(self, incident: IncidentStatus) -> Proposal:
+        """Open (or find) the incident's pull request; a retry returns the same one."""
+        diagnosis = incident.diagnosis.diagnosis if incident.diagnosis else None
+        if diagnosis is None or not diagnosis.edits:
+            raise ApplicationError(
+                f"incident {incident.incident_id} has no edits to propose "
+                f"(open_pull_request runs only after an approved, verified patch)",
+                type="NothingToPropose",
+                non_retryable=True,
+            )
+        decision = incident.approval.decision if incident.approval else None
+        if decision is None or decision.decision != "approve":
+            raise ApplicationError(
+                f"incident {incident.incident_id} is not approved; no change leaves without a "
+                f"human approval (approve it with `remedy approve` or in Slack)",
+                type="NotApproved",
+                non_retryable=True,
+            )
+        try:
+            repo_name = self._repo_name(incident.service)
+            client = self._client(repo_name)
+        except GitHubSetupError as exc:
+            raise ApplicationError(
+                str(exc), type="GitHubNotConfigured", non_retryable=True
+            ) from None
+        base = self._config.service(incident.service).branch
+        branch = names.branch_for(incident.incident_id)
+        title = pull_request_title(incident)
+        diff = ""
+        if incident.patch is not None and incident.patch.diff is not None:
+            diff = self._store.get_text(incident.patch.diff)
+        body = pull_request_body(incident, diff)
+        body_ref = self._store.put_text(f"{incident.incident_id}/pull_request.md", body)
+
+        doing = f"reading {repo_name}"
+        try:
+            repo = client.get_repo(repo_name)
+            doing = f"looking for the pull request from {branch}"
+            pull = self._find_pull(repo, branch)
+            if pull is None:
+                doing = f"looking for branch {branch}"
+                if self._branch_tip(repo, branch, incident.incident_id) is None:
+                    doing = f"committing the change onto {base}"
+                    commit = self._commit(repo, base, diagnosis.edits, incident, title)
+                    doing = f"creating branch {branch}"
+                    self._create_branch(repo, branch, commit, incident.incident_id)
+                doing = f"opening the pull request from {branch} into {base}"
+                pull = self._create_pull(repo, base, branch, title, body)
+            doing = f"labelling pull request #{pull.number}"
+            self._ensure_labels(pull)
+        except GithubException as exc:
+            raise github_failure(exc, doing, self._config) from None
+        activity.logger.info("pull request %s for %s", pull.html_url, incident.incident_id)
+        return Proposal(
+            branch=branch,
+            commit=pull.head.sha,
+            title=pull.title,
+            remote=repo.html_url,
+            pr_url=pull.html_url,
+            body=body_ref,
+        )
+
+    # -- steps -----------------------------------------------------------------
+
+    def _find_pull(self, repo: Repository, branch: str) -> PullRequest | None:
+        for pull in repo.get_pulls(state="all", head=f"{repo.owner.login}:{branch}"):
+            return pull
+        return None
+
+    def _branch_tip(self, repo: Repository, branch: str, incident_id: str) -> str | None:
+        """The branch's commit if an earlier attempt made it; None if there is no branch."""
+        try:
+            tip: str = repo.get_git_ref(f"heads/{branch}").object.sha
+        except UnknownObjectException:
+            return None
+        if f"{INCIDENT_TRAILER}: {incident_id}" not in repo.get_git_commit(tip).message:
+            raise ApplicationError(
+                f"branch {branch} already exists in {repo.full_name} at {tip[:12]} without the "
+                f"trailer '{INCIDENT_TRAILER}: {incident_id}', so a person owns it; Remedy never "
+                f"overwrites it (delete or rename that branch, then retry)",
+                type="BranchConflict",
+                non_retryable=True,
+            )
+        return tip
+
+    def _commit(
+        self,
+        repo: Repository,
+        base: str,
+        edits: Sequence[Edit],
+        incident: IncidentStatus,
+        title: str,
+    ) -> str:
+        head = repo.get_git_ref(f"heads/{base}").object.sha
+        parent = repo.get_git_commit(head)
+        root = repo.get_git_tree(parent.tree.sha)
+        changed = apply_edits(repo, root, edits, f"the head of {base} ({head[:12]})")
+        if not changed:
+            raise _conflict(
+                f"the change of incident {incident.incident_id} is already on {base} "
+                f"({head[:12]}); there is nothing to propose"
+            )
+        elements = [
+            InputGitTreeElement(
+                path=path,
+                mode=edited.mode,
+                type="blob",
+                sha=repo.create_git_blob(edited.text, "utf-8").sha,
+            )
+            for path, edited in sorted(changed.items())
+        ]
+        tree = repo.create_git_tree(elements, root)
+        commit = repo.create_git_commit(commit_message(incident, title), tree, [parent])
+        return commit.sha
+
+    def _create_branch(self, repo: Repository, branch: str, commit: str, incident_id: str) -> None:
+        try:
+            repo.create_git_ref(f"refs/heads/{branch}", commit)
+        except GithubException as exc:
+            # Another attempt created it between our lookup and now: use theirs.
+            exists = exc.status == 422 and "already exists" in _message(exc).lower()
+            if exists and self._branch_tip(repo, branch, incident_id) is not None:
+                return
+            raise
+
+    def _create_pull(
+        self, repo: Repository, base: str, branch: str, title: str, body: str
+    ) -> PullRequest:
+        draft = self._config.github.draft
+        try:
+            return repo.create_pull(
+                base=base, head=branch, title=title, body=body, draft=draft,
+                maintainer_can_modify=True,
+            )  # fmt: skip
+        except GithubException as exc:
+            message = _message(exc).lower()
+            if exc.status != 422:
+                raise
+            if "already exists" in message:
+                found = self._find_pull(repo, branch)
+                if found is not None:
+                    return found
+            if draft and "draft" in message:
+                # Draft pull requests need a paid plan for private repositories.
+                activity.logger.warning("%s: %s; opening a ready pull request", repo.full_name,
+                                        _message(exc))  # fmt: skip
+                return repo.create_pull(base=base, head=branch, title=title, body=body,
+                                        maintainer_can_modify=True)  # fmt: skip
+            raise
+
+    def _ensure_labels(self, pull: PullRequest) -> None:
+        present = {label.name for label in pull.labels}
+        missing = [name for name in self._config.github.labels if name not in present]
+        if missing:
+            pull.add_to_labels(*missing)
+
+    # -- configuration ---------------------------------------------------------
+
+    def _repo_name(self, service: str) -> str:
+        repo_name = self._config.service(service).github_repo
+        if not repo_name:
+            raise GitHubSetupError(f"remedy.toml: services.{service}.github_repo is not set")
+        return repo_name
+
+    def _client(self, repo_name: str) -> Github:
+        """A client with a token, or with a GitHub App's installation token for `repo_name`."""
+        github = self._config.github
+        options: dict[str, Any] = {
+            "base_url": github.api_url.rstrip("/"),
+            "timeout": github.timeout_s,
+            "user_agent": "remedy",
+            "retry": None,
+            "seconds_between_requests": None,
+            "seconds_between_writes": github.write_interval_s or None,
+        }
+        token = secret(github.token_env)
+        if token:
+            return Github(auth=Auth.Token(token), **options)
+        private_key = secret(github.app_private_key_env)
+        if github.app_id and private_key:
+            app = Auth.AppAuth(github.app_id, private_key)
+            installation = github.app_installation_id or self._installation(app, repo_name)
+            return Github(auth=app.get_installation_auth(installation), **options)
+        raise GitHubSetupError(
+            f"GitHub is not configured: set ${github.token_env}, or [github] app_id and "
+            f"${github.app_private_key_env} (a GitHub App)"
+        )
+
+    def _installation(self, app: Auth.AppAuth, repo_name: str) -> int:
+        if repo_name not in self._installations:
+            github = self._config.github
+            integration = GithubIntegration(
+                auth=app, base_url=github.api_url.rstrip("/"), timeout=github.timeout_s, retry=None
+            )
+            owner, _, name = repo_name.partition("/")
+            try:
+                installation = integration.get_repo_installation(owner, name)
+            except GithubException as exc:
+                raise github_failure(exc, f"finding the App's installation on {repo_name}",
+                                     self._config) from None  # fmt: skip
+            self._installations[repo_name] = installation.id
+        return self._installations[repo_name]
+
+
+# ---------------------------------------------------------------------------- issue text
+
+
+def _issue_title(incident: IncidentStatus) -> str:
+    message = " ".join(incident.error_message.split())
+    title = f"[{incident.severity.value}] {incident.error_type} in {incident.service}: {message}"
+    return title if len(title) <= 120 else title[:119] + "…"
+
+
+def _issue_body(incident: IncidentStatus, raw_error: str, marker: str) -> str:
+    raw = raw_error.strip() or f"{incident.error_type}: {incident.error_message}"
+    if len(raw) > _RAW_ERROR_CHARS:
+        raw = "…" + raw[-_RAW_ERROR_CHARS:]
+    # A fence longer than any backtick run inside, so the error text cannot close it early.
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", raw)), default=0))
+    lines = [
+        f"Remedy saw this {incident.severity.value} error in `{incident.service}` "
+        f"({incident.occurrences} occurrence(s), first {incident.first_seen.isoformat()}"
+        + (f", release `{incident.release}`" if incident.release else "")
+        + ").",
+        "",
+        f"{fence}\n{raw}\n{fence}",
+    ]
+    if incident.evidence is not None and incident.evidence.summary:
+        lines += ["", "## Evidence", "", incident.evidence.summary]
+    if incident.ui_url:
+        lines += ["", f"[Incident {incident.incident_id} in the Temporal UI]({incident.ui_url})"]
+    lines += ["", marker]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,307 @@
+"""Slack listeners: the Approve and Reject buttons, and the modal that asks why.
+
+HTTP mode: Bolt's AsyncApp behind `POST /slack/events` of the intake app. Bolt checks Slack's
+v0 signature and timestamp first, so a forged or stale request gets 401 before any listener
+runs. Socket Mode (`[slack] socket_mode = true`): the same listeners over Slack's websocket,
+for teams without public ingress.
+
+Every listener acks at once (Slack's 3-second window), then sends the workflow's `decide`
+Update with the clicker's Slack user id. The workflow's validator alone decides who may
+decide: its refusal reaches the clicker, word for word, as an ephemeral message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+from temporalio.client import (
+    Client,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.slack import (
+    APPROVE_ACTION_ID,
+    REJECT_ACTION_ID,
+    decided_blocks,
+    escape,
+    parse_button_value,
+)
+from remedy import names
+from remedy.config import RemedyConfig, secret
+from remedy.models import DecideRequest
+from workflows.incident import IncidentWorkflow
+
+log = logging.getLogger(__name__)
+
+REJECT_VIEW_ID = "remedy_reject_reason"
+REASON_INPUT_ID = "reason"
+
+TemporalProvider = Callable[[], Client | None]
+
+
+def reason_modal(
+    incident_id: str, request_id: str, channel: str, message_ts: str
+) -> dict[str, Any]:
+    return {
+        "type": "modal",
+        "callback_id": REJECT_VIEW_ID,
+        "private_metadata": json.dumps(
+            {
+                "incident_id": incident_id,
+                "request_id": request_id,
+                "channel": channel,
+                "ts": message_ts,
+            }
+        ),
+        "title": {"type": "plain_text", "text": "Reject the fix"},
+        "submit": {"type": "plain_text", "text": "Reject"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": REASON_INPUT_ID,
+                "label": {"type": "plain_text", "text": "Why? (kept with the incident)"},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": REASON_INPUT_ID,
+                    "multiline": True,
+                    "max_length": 2000,
+                },
+            }
+        ],
+    }
+
+
+class SlackListener:
+    """The Bolt app with Remedy's listeners; `handle` serves HTTP, `start` joins Socket Mode."""
+
+    def __init__(
+        self,
+        config: RemedyConfig,
+        temporal: TemporalProvider,
+        *,
+        bot_token: str,
+        signing_secret: str = "",
+        app_token: str | None = None,
+        decide_timeout_s: float = 20.0,
+    ) -> None:
+        self._temporal = temporal
+        self._decide_timeout_s = decide_timeout_s
+        self.app = AsyncApp(name="remedy", token=bot_token, signing_secret=signing_secret)
+        # Bolt reads $SLACK_BOT_TOKEN itself and warns when a client is passed beside it, so the
+        # API URL (GovSlack, tests) is set on the client Bolt built.
+        self.app.client.base_url = config.slack.api_url.rstrip("/") + "/"
+        self.app.action(APPROVE_ACTION_ID)(self._on_approve)
+        self.app.action(REJECT_ACTION_ID)(self._on_reject)
+        self.app.view(REJECT_VIEW_ID)(self._on_reason)
+        self._http = AsyncSlackRequestHandler(self.app)
+        self._socket = AsyncSocketModeHandler(self.app, app_token) if app_token else None
+
+    @property
+    def socket_mode(self) -> bool:
+        return self._socket is not None
+
+    async def handle(self, request: Request) -> Response:
+        return await self._http.handle(request)
+
+    async def start(self) -> None:
+        if self._socket is not None:
+            await self._socket.connect_async()
+            log.info("Slack Socket Mode connected")
+
+    async def stop(self) -> None:
+        if self._socket is not None:
+            await self._socket.close_async()
+
+    # ------------------------------------------------------------------ listeners
+
+    async def _on_approve(
+        self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        await ack()
+        incident_id, request_id = parse_button_value(body["actions"][0]["value"])
+        await self._decide(
+            client,
+            incident_id,
+            DecideRequest(decision="approve", approver=body["user"]["id"], request_id=request_id),
+            channel=body["container"]["channel_id"],
+            message_ts=body["container"]["message_ts"],
+            blocks=body.get("message", {}).get("blocks"),
+        )
+
+    async def _on_reject(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
+        await ack()
+        incident_id, request_id = parse_button_value(body["actions"][0]["value"])
+        channel = body["container"]["channel_id"]
+        message_ts = body["container"]["message_ts"]
+        await client.views_open(
+            trigger_id=body["trigger_id"],
+            view=reason_modal(incident_id, request_id, channel, message_ts),
+        )
+
+    async def _on_reason(
+        self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        await ack()
+        origin = json.loads(view["private_metadata"])
+        reason = view["state"]["values"][REASON_INPUT_ID][REASON_INPUT_ID]["value"]
+        await self._decide(
+            client,
+            origin["incident_id"],
+            DecideRequest(
+                decision="reject",
+                approver=body["user"]["id"],
+                request_id=origin["request_id"],
+                reason=reason,
+            ),
+            channel=origin["channel"],
+            message_ts=origin["ts"],
+            blocks=await _message_blocks(client, origin["channel"], origin["ts"]),
+        )
+
+    # ------------------------------------------------------------------ the decision
+
+    async def _decide(
+        self,
+        client: AsyncWebClient,
+        incident_id: str,
+        request: DecideRequest,
+        *,
+        channel: str,
+        message_ts: str,
+        blocks: list[dict[str, Any]] | None,
+    ) -> None:
+        refusal = await self._send_decide(incident_id, request)
+        if refusal is not None:
+            await client.chat_postEphemeral(
+                channel=channel, user=request.approver, text=f":warning: {refusal}"
+            )
+            return
+        if blocks:
+            verb = "Approved" if request.decision == "approve" else "Rejected"
+            reason = f": {escape(request.reason)}" if request.reason else ""
+            note = f"{verb} by <@{request.approver}>{reason}"
+            try:
+                await client.chat_update(
+                    channel=channel, ts=message_ts, blocks=decided_blocks(blocks, note), text=note
+                )
+            except SlackApiError as exc:
+                # The decision stands; the workflow's next notify edits the message anyway.
+                log.warning("could not mark %s as decided in Slack: %s", incident_id, exc)
+
+    async def _send_decide(self, incident_id: str, request: DecideRequest) -> str | None:
+        """Send the Update; None when the workflow recorded it, else why it was refused."""
+        try:
+            workflow_id, _ = names.parse_incident_id(incident_id)
+        except ValueError as exc:
+            return f"{exc}; nothing was changed"
+        temporal = self._temporal()
+        if temporal is None:
+            return "Remedy is starting and not connected to Temporal yet; click again in a moment"
+        handle = temporal.get_workflow_handle_for(IncidentWorkflow.run, workflow_id)
+        try:
+            await handle.execute_update(
+                IncidentWorkflow.decide,
+                request,
+                rpc_timeout=timedelta(seconds=self._decide_timeout_s),
+            )
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            return (
+                f"no Remedy worker answered within {self._decide_timeout_s:g}s, so your decision "
+                "is not confirmed; a worker that comes back may still apply it, so check this "
+                "message before clicking again"
+            )
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            return cause.message if isinstance(cause, ApplicationError) else str(cause)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return f"incident {incident_id} is no longer open; nothing was changed"
+            log.warning("decide on %s failed: %s", workflow_id, exc)
+            return (
+                f"Remedy could not reach Temporal ({exc.message}); nothing was changed, try again"
+            )
+        log.info("%s %sd by %s", incident_id, request.decision, request.approver)
+        return None
+
+
+async def _message_blocks(
+    client: AsyncWebClient, channel: str, message_ts: str
+) -> list[dict[str, Any]] | None:
+    try:
+        response = await client.conversations_history(
+            channel=channel, latest=message_ts, inclusive=True, limit=1
+        )
+    except SlackApiError as exc:
+        log.warning("could not read Slack message %s/%s: %s", channel, message_ts, exc)
+        return None
+    messages = response.get("messages") or []
+    if messages and messages[0].get("ts") == message_ts:
+        blocks: list[dict[str, Any]] = messages[0].get("blocks") or []
+        return blocks
+    return None
+
+
+def slack_listener(config: RemedyConfig, temporal: TemporalProvider) -> SlackListener | None:
+    """The listener the environment configures, or None when Slack is off.
+
+    HTTP mode needs the bot token and the signing secret; Socket Mode the bot token and the
+    app-level token (xapp-...). Tokens come from the environment variables named in [slack].
+    """
+    slack = config.slack
+    bot_token = secret(slack.bot_token_env)
+    if not bot_token:
+        return None
+    if slack.socket_mode:
+        app_token = secret(slack.app_token_env)
+        if not app_token:
+            log.warning(
+                "[slack] socket_mode is on but $%s is unset: Slack is off", slack.app_token_env
+            )
+            return None
+        return SlackListener(config, temporal, bot_token=bot_token, app_token=app_token)
+    signing_secret = secret(slack.signing_secret_env)
+    if not signing_secret:
+        log.warning("$%s is set but $%s is not: Slack is off", slack.bot_token_env,
+                    slack.signing_secret_env)  # fmt: skip
+        return None
+    return SlackListener(config, temporal, bot_token=bot_token, signing_secret=signing_secret)
+
+
+def mount_slack(
+    app: FastAPI, config: RemedyConfig, temporal: TemporalProvider
+) -> SlackListener | None:
+    """Add `POST /slack/events` (HTTP mode) to the intake; return the listener, or None.
+
+    `temporal` returns the process's Temporal client (None while it is still connecting), so
+    this can run when the app is built, before its lifespan connects. In Socket Mode no route
+    is added: call `await listener.start()` in the lifespan and `await listener.stop()` after.
+    """
+    listener = slack_listener(config, temporal)
+    if listener is None or listener.socket_mode:
+        return listener
+
+    async def slack_events(request: Request) -> Response:
+        return await listener.handle(request)
+
+    app.add_api_route(
+        "/slack/events",
+        slack_events,
+        methods=["POST"],
+        summary="Slack interactivity: Approve/Reject buttons and the reason modal (signed)",
+        include_in_schema=True,
+    )
+    return listener
