@@ -30,13 +30,20 @@ def build_activities(config: RemedyConfig, store: ArtifactStore) -> list[Callabl
     from activities.forge import LocalForge
     from activities.git import GitActivities
     from activities.github import GitHubActivities
+    from activities.llm import DiagnosisActivities
+    from activities.sandbox import SandboxActivities
     from activities.slack import SlackActivities
 
     git = GitActivities(config, store)
     forge = LocalForge(config, store)
     github = GitHubActivities(config, store)
     slack = SlackActivities(config, store)
+    diagnosis = DiagnosisActivities(config, store)
+    sandbox = SandboxActivities(config, store)
     return [
+        diagnosis.diagnose,
+        diagnosis.write_regression_test,
+        sandbox.verify_patch,
         git.sync_repo,
         git.investigate,
         git.prepare_patch,

@@ -35,7 +35,7 @@ from activities.git import (
 from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
-from remedy.models import IncidentStatus, Proposal, ProposeRequest
+from remedy.models import Decision, IncidentStatus, Proposal, ProposeRequest
 
 COMMITTER_NAME = "Remedy"
 COMMITTER_EMAIL = "remedy@localhost"
@@ -48,6 +48,19 @@ class Forge(Protocol):
     """Publishes an approved incident's change and says where it went."""
 
     def publish(self, incident: IncidentStatus) -> Proposal: ...
+
+
+def approval_of(incident: IncidentStatus) -> Decision:
+    """The decision that approved the incident's change; NotApproved when there is none."""
+    decision = incident.approval.decision if incident.approval else None
+    if decision is None or decision.decision != "approve":
+        raise ApplicationError(
+            f"incident {incident.incident_id} is not approved; no change leaves without a "
+            f"human approval (approve it with `remedy approve` or in Slack)",
+            type="NotApproved",
+            non_retryable=True,
+        )
+    return decision
 
 
 # ---------------------------------------------------------------------------- the text
@@ -127,13 +140,18 @@ def pull_request_body(incident: IncidentStatus, diff: str) -> str:
         ]
         out += ["", "Stack, innermost first:", "", _fence("\n".join(stack))]
 
-    diagnosis = incident.diagnosis.diagnosis if incident.diagnosis else None
-    if diagnosis:
-        backend = incident.diagnosis.backend if incident.diagnosis else None
+    result = incident.diagnosis
+    diagnosis = result.diagnosis if result else None
+    if result and diagnosis:
         out += ["", "## Root cause", "", diagnosis.root_cause.strip() or diagnosis.summary.strip()]
-        out.append(
-            f"\nConfidence: {diagnosis.confidence:.0%}" + (f" ({backend})." if backend else ".")
-        )
+        confidence = f"Confidence: {diagnosis.confidence:.0%}"
+        if result.backend:
+            # What the model spent on this fix: reviewers see the running cost of Remedy.
+            confidence += (
+                f" ({result.backend}). Diagnosis: {result.tokens:,} tokens, "
+                f"estimated cost ${result.cost_usd:.4f}"
+            )
+        out.append(f"\n{confidence}.")
         if diagnosis.evidence:
             out += ["", "Evidence:"]
             out += [f"- `{line.path}:{line.line}`" for line in diagnosis.evidence]
@@ -209,14 +227,7 @@ class LocalForge:
                 type="NothingToPropose",
                 non_retryable=True,
             )
-        decision = incident.approval.decision if incident.approval else None
-        if decision is None or decision.decision != "approve":
-            raise ApplicationError(
-                f"incident {incident.incident_id} is not approved; no change leaves without a "
-                f"human approval (approve it with `remedy approve` or in Slack)",
-                type="NotApproved",
-                non_retryable=True,
-            )
+        decision = approval_of(incident)
         branch = names.branch_for(incident.incident_id)
         title = pull_request_title(incident)
         diff = self.store.get_bytes(patch.diff)

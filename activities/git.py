@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import posixpath
 import re
 import shutil
 import signal
@@ -31,7 +30,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from remedy import names
+from remedy import names, patching
 from remedy.artifacts import ArtifactStore
 from remedy.config import ConfigError, RemedyConfig
 from remedy.models import (
@@ -63,7 +62,6 @@ MAX_SUSPECT_PATHS = 10
 MAX_SUBJECT_CHARS = 200
 MAX_ARTIFACT_LINE_CHARS = 500
 
-_REGULAR_FILE_MODES = frozenset({"100644", "100755"})
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
@@ -627,7 +625,7 @@ class GitActivities:
                 for path, (mode, sha) in _tree_entries(
                     repo, worktree.commit, recursive=True
                 ).items()
-                if mode in _REGULAR_FILE_MODES
+                if mode in patching.REGULAR_FILE_MODES
             }
             findings, unmatched = self._locate_frames(
                 request.frames, RepoFiles(list(blobs)), include
@@ -847,10 +845,12 @@ class GitActivities:
             return PatchResult(applied=False, reason="no edits to apply")
         try:
             repo = self._repository(request.worktree)
-            outcome = _apply_edits(repo, commit, request.edits)
-            if isinstance(outcome, str):
-                return PatchResult(applied=False, reason=outcome)
-            diff, added, removed = _diff_against(repo, commit, outcome)
+            base = _CommitFiles(repo, commit, request.edits)
+            try:
+                edited = patching.apply_edits(request.edits, base, f"commit {commit[:12]}")
+            except patching.EditRefused as refusal:
+                return PatchResult(applied=False, reason=str(refusal))
+            diff, added, removed = _diff_against(repo, commit, edited)
         except GitError as exc:
             raise application_error(
                 exc, f"preparing the patch of {incident_id}", "sync the repository again"
@@ -858,28 +858,11 @@ class GitActivities:
         ref = self.store.put_bytes(f"{incident_id}/patch.diff", diff)
         return PatchResult(
             applied=True,
-            files=sorted(outcome),
+            files=sorted(edited),
             lines_added=added,
             lines_removed=removed,
             diff=ref,
         )
-
-
-@dataclass
-class _EditedFile:
-    mode: str
-    original: str
-    text: str
-
-
-def _repo_path(path: str) -> str | None:
-    """`path` normalised relative to the repository root, or None if it leaves it."""
-    if path.startswith("/") or "\\" in path or "\0" in path:
-        return None
-    normal = posixpath.normpath(path)
-    if normal in {".", ".."} or normal.startswith("../") or ".git" in normal.split("/"):
-        return None
-    return normal
 
 
 def _tree_entries(
@@ -898,56 +881,26 @@ def _tree_entries(
     return entries
 
 
-def _find_once(text: str, search: str) -> int | str:
-    """The offset of the only occurrence of `search`, or a word for how often it occurs."""
-    first = text.find(search)
-    if first < 0:
-        return "not found"
-    if text.find(search, first + 1) >= 0:
-        return "found more than once"
-    return first
+class _CommitFiles:
+    """The files of one commit of a local repository, as `remedy.patching` reads them."""
 
+    def __init__(self, repo: Path, commit: str, edits: Sequence[Edit]) -> None:
+        self._repo = repo
+        # One ls-tree for every file the edits name, instead of one per file.
+        paths = [path for edit in edits if (path := patching.repo_path(edit.path))]
+        self._entries = _tree_entries(repo, commit, paths)
 
-def _apply_edits(repo: Path, commit: str, edits: Sequence[Edit]) -> dict[str, _EditedFile] | str:
-    """The edited files, or the reason the first failing edit cannot apply."""
-    short = commit[:12]
-    normal = [_repo_path(edit.path) for edit in edits]
-    entries = _tree_entries(repo, commit, [p for p in normal if p])
-    files: dict[str, _EditedFile] = {}
-    for number, (edit, path) in enumerate(zip(edits, normal, strict=True), start=1):
-        label = f"edit {number} ({edit.path})"
-        if path is None:
-            return f"{label}: the path must be relative and stay inside the repository"
-        if path not in files:
-            entry = entries.get(path)
-            if entry is None:
-                return f"{label}: no such file at commit {short} (edit an existing file)"
-            mode, sha = entry
-            if mode not in _REGULAR_FILE_MODES:
-                return f"{label}: not a regular file at commit {short} (mode {mode})"
-            blob = run_git(["-C", repo, "cat-file", "blob", sha]).stdout
-            try:
-                original = blob.decode("utf-8")
-            except UnicodeDecodeError:
-                return f"{label}: the file is not UTF-8 text"
-            files[path] = _EditedFile(mode, original, original)
-        edited = files[path]
-        at_commit = _find_once(edited.original, edit.search)
-        if isinstance(at_commit, str):
-            return (
-                f"{label}: the search text is {at_commit} in the file at commit {short} "
-                f"(it must occur exactly once)"
-            )
-        offset = _find_once(edited.text, edit.search)
-        if isinstance(offset, str):
-            return f"{label}: the search text overlaps an earlier edit of the same file"
-        edited.text = edited.text[:offset] + edit.replace + edited.text[offset + len(edit.search) :]
-    changed = {path: f for path, f in files.items() if f.text != f.original}
-    return changed or "the edits change nothing (each replacement equals its search text)"
+    def mode(self, path: str) -> str | None:
+        entry = self._entries.get(path)
+        return entry[0] if entry else None
+
+    def read(self, path: str) -> bytes:
+        # From the object store, not the disk: a tracked symlink must not read outside the repo.
+        return run_git(["-C", self._repo, "cat-file", "blob", self._entries[path][1]]).stdout
 
 
 def _diff_against(
-    repo: Path, commit: str, files: Mapping[str, _EditedFile]
+    repo: Path, commit: str, files: Mapping[str, patching.EditedFile]
 ) -> tuple[bytes, int, int]:
     """git's own diff of the edited files against `commit`, built in a throwaway index."""
     with tempfile.TemporaryDirectory(prefix="remedy-patch-") as scratch:

@@ -18,11 +18,9 @@ errors are retried by Temporal (PyGithub's own retries and waits are off).
 from __future__ import annotations
 
 import base64
-import posixpath
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -34,8 +32,14 @@ from github.Repository import Repository
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.forge import INCIDENT_TRAILER, commit_message, pull_request_body, pull_request_title
-from remedy import names
+from activities.forge import (
+    INCIDENT_TRAILER,
+    approval_of,
+    commit_message,
+    pull_request_body,
+    pull_request_title,
+)
+from remedy import names, patching
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig, secret
 from remedy.models import (
@@ -121,49 +125,35 @@ def github_failure(exc: GithubException, doing: str, config: RemedyConfig) -> Ap
 # ---------------------------------------------------------------------------- the change
 
 
-@dataclass
-class _File:
-    mode: str
-    original: str
-    text: str
-
-
-def _repo_path(path: str) -> str | None:
-    """`path` normalised relative to the repository root, or None if it leaves it."""
-    if path.startswith("/") or "\\" in path or "\0" in path:
-        return None
-    normal = posixpath.normpath(path)
-    if normal in {".", ".."} or normal.startswith("../") or ".git" in normal.split("/"):
-        return None
-    return normal
-
-
-def _occurrence(text: str, search: str) -> int | str:
-    """The offset of the only occurrence of `search`, or a word for how often it occurs."""
-    first = text.find(search)
-    if first < 0:
-        return "not found"
-    if text.find(search, first + 1) >= 0:
-        return "found more than once"
-    return first
-
-
 class _TreeReader:
-    """Files of one commit, read through the Git Data API one directory at a time."""
+    """Files of one commit, read through the Git Data API one directory at a time, as
+    `remedy.patching` reads them."""
 
     def __init__(self, repo: Repository, root: GitTree) -> None:
         self._repo = repo
         self._trees: dict[str, GitTree | None] = {"": root}
 
-    def entry(self, path: str) -> tuple[str, str, str] | None:
-        """(mode, type, sha) of `path`, or None if it does not exist."""
+    def mode(self, path: str) -> str | None:
+        entry = self._entry(path)
+        return entry[0] if entry else None
+
+    def read(self, path: str) -> bytes:
+        entry = self._entry(path)
+        assert entry is not None, f"{path} was read without checking that it exists"
+        blob = self._repo.get_git_blob(entry[1])
+        if blob.encoding == "base64":
+            return base64.b64decode(blob.content)
+        return blob.content.encode("utf-8")
+
+    def _entry(self, path: str) -> tuple[str, str] | None:
+        """(mode, sha) of `path`, or None if it does not exist."""
         folder, _, leaf = path.rpartition("/")
         tree = self._tree(folder)
         if tree is None:
             return None
         for element in tree.tree:
             if element.path == leaf:
-                return element.mode, element.type, element.sha
+                return element.mode, element.sha
         return None
 
     def _tree(self, folder: str) -> GitTree | None:
@@ -176,50 +166,6 @@ class _TreeReader:
         sha = next((e.sha for e in above.tree if e.path == name and e.type == "tree"), None)
         self._trees[folder] = self._repo.get_git_tree(sha) if sha else None
         return self._trees[folder]
-
-
-def apply_edits(
-    repo: Repository, root: GitTree, edits: Sequence[Edit], where: str
-) -> dict[str, _File]:
-    """The edited files at `root`; a conflict is a non-retryable error naming the file.
-
-    Same rules as prepare_patch: each search text occurs exactly once in the file, and edits
-    of one file apply in order without overlapping.
-    """
-    reader = _TreeReader(repo, root)
-    files: dict[str, _File] = {}
-    for number, edit in enumerate(edits, start=1):
-        label = f"edit {number} ({edit.path})"
-        path = _repo_path(edit.path)
-        if path is None:
-            raise _conflict(f"{label}: the path must be relative and stay inside the repository")
-        if path not in files:
-            entry = reader.entry(path)
-            if entry is None or entry[1] != "blob":
-                raise _conflict(f"{label}: no such file at {where}")
-            mode, _, sha = entry
-            if mode not in {"100644", "100755"}:
-                raise _conflict(f"{label}: not a regular file at {where} (mode {mode})")
-            blob = repo.get_git_blob(sha)
-            try:
-                raw = base64.b64decode(blob.content) if blob.encoding == "base64" else blob.content
-                original = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-            except UnicodeDecodeError:
-                raise _conflict(f"{label}: the file at {where} is not UTF-8 text") from None
-            files[path] = _File(mode, original, original)
-        edited = files[path]
-        found = _occurrence(edited.original, edit.search)
-        if isinstance(found, str):
-            raise _conflict(
-                f"{label}: the search text is {found} in the file at {where}; the file changed "
-                f"since the incident's commit (resolve it by hand, or let the error recur to "
-                f"diagnose it again)"
-            )
-        offset = _occurrence(edited.text, edit.search)
-        if isinstance(offset, str):
-            raise _conflict(f"{label}: the search text overlaps an earlier edit of the same file")
-        edited.text = edited.text[:offset] + edit.replace + edited.text[offset + len(edit.search) :]
-    return {path: f for path, f in files.items() if f.text != f.original}
 
 
 def _conflict(message: str) -> ApplicationError:
@@ -289,14 +235,7 @@ class GitHubActivities:
                 type="NothingToPropose",
                 non_retryable=True,
             )
-        decision = incident.approval.decision if incident.approval else None
-        if decision is None or decision.decision != "approve":
-            raise ApplicationError(
-                f"incident {incident.incident_id} is not approved; no change leaves without a "
-                f"human approval (approve it with `remedy approve` or in Slack)",
-                type="NotApproved",
-                non_retryable=True,
-            )
+        approval_of(incident)
         try:
             repo_name = self._repo_name(incident.service)
             client = self._client(repo_name)
@@ -375,12 +314,17 @@ class GitHubActivities:
         head = repo.get_git_ref(f"heads/{base}").object.sha
         parent = repo.get_git_commit(head)
         root = repo.get_git_tree(parent.tree.sha)
-        changed = apply_edits(repo, root, edits, f"the head of {base} ({head[:12]})")
-        if not changed:
-            raise _conflict(
-                f"the change of incident {incident.incident_id} is already on {base} "
-                f"({head[:12]}); there is nothing to propose"
+        try:
+            changed = patching.apply_edits(
+                edits, _TreeReader(repo, root), f"the head of {base} ({head[:12]})"
             )
+        except patching.EditRefused as refusal:
+            # prepare_patch applied these edits at the incident's commit; only a move of the
+            # base since then can refuse them here.
+            raise _conflict(
+                f"{refusal}; {base} changed since the incident's commit (resolve it by hand, or "
+                f"let the error recur to diagnose it again)"
+            ) from None
         elements = [
             InputGitTreeElement(
                 path=path,

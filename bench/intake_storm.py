@@ -27,15 +27,13 @@ from fastapi.responses import JSONResponse
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from remedy import names  # noqa: E402
-from remedy.config import RemedyConfig, ServiceConfig  # noqa: E402
-from starter.app import create_app  # noqa: E402
-from starter.demo import build_demo_repository, crash_demo_service  # noqa: E402
-from starter.reporter import TemporalReporter  # noqa: E402
-from worker import build_worker  # noqa: E402
-from workflows.incident import IncidentWorkflow  # noqa: E402
+from remedy import names
+from remedy.config import RemedyConfig, ServiceConfig
+from starter.app import create_app
+from starter.demo import build_demo_repository, crash_demo_service
+from starter.reporter import TemporalReporter
+from worker import build_worker
+from workflows.incident import IncidentWorkflow
 
 TOKEN = "bench-token"
 
@@ -52,7 +50,7 @@ async def _serve(app: FastAPI, port: int) -> tuple[uvicorn.Server, asyncio.Task[
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes only this flag
         await asyncio.sleep(0.05)
     return server, task
 
@@ -126,7 +124,9 @@ async def main(reports: int, concurrency: int) -> None:
             )
             port = _free_port()
             server, task = await _serve(create_app(config, reporter=reporter), port)
-            intake_s = await _blast(f"http://127.0.0.1:{port}/v1/errors", body, reports, concurrency)
+            intake_s = await _blast(
+                f"http://127.0.0.1:{port}/v1/errors", body, reports, concurrency
+            )
             await reporter.close()
             server.should_exit = True
             await task

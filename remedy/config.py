@@ -108,6 +108,7 @@ def _default_prices() -> dict[str, ModelPrice]:
         "claude-sonnet-4-0": (3.0, 15.0),
         "claude-sonnet-4": (3.0, 15.0),
         "claude-sonnet-4-5": (3.0, 15.0),
+        "claude-sonnet-4-6": (3.0, 15.0),
         "claude-haiku-4-5": (1.0, 5.0),
     }
     return {name: ModelPrice(input_per_mtok=i, output_per_mtok=o) for name, (i, o) in table.items()}
@@ -119,7 +120,7 @@ class LLMConfig(_Section):
     ollama_model: str = "qwen2.5-coder:7b"
     anthropic_api_key_env: str = "ANTHROPIC_API_KEY"
     anthropic_base_url: str = "https://api.anthropic.com"
-    anthropic_model: str = "claude-sonnet-4-5"
+    anthropic_model: str = "claude-sonnet-4-6"
     fallback: bool = Field(
         default=True,
         description="A backend that is down falls back to the other one, also for `local` and "

@@ -335,6 +335,8 @@ class IncidentStatus(BaseModel):
     approval: ApprovalRequest | None = None
     proposal: Proposal | None = None
     reason: str | None = Field(default=None, description="Why the incident ended where it did")
+    llm_tokens: int = Field(default=0, description="Tokens spent on this incident, all calls")
+    llm_cost_usd: float = Field(default=0.0, description="Estimated cost of those tokens")
     ui_url: str = ""
     history: list[PhaseChange] = Field(default_factory=list)
 
@@ -459,18 +461,17 @@ class LLMUsage(BaseModel):
     priced: bool = Field(default=True, description="False: the model is not in [llm].prices")
 
 
+AttemptOutcome = Literal[
+    "accepted", "low_confidence", "invalid", "malformed", "unavailable", "rate_limited", "token_cap"
+]
+
+
 class DiagnosisAttempt(BaseModel):
+    """What one backend made of the incident (several when the route escalates or falls back)."""
+
     backend: str
     model: str
-    outcome: Literal[
-        "accepted",
-        "low_confidence",
-        "invalid",
-        "malformed",
-        "unavailable",
-        "rate_limited",
-        "token_cap",
-    ]
+    outcome: AttemptOutcome
     detail: str = ""
 
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from temporalio.client import Client
 
 from remedy.config import RemedyConfig, secret
@@ -117,11 +118,15 @@ async def _read_capped_body(request: Request, limit: int) -> bytes:
             )
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise HTTPProblem(413, f"body exceeds the {limit}-byte limit", limit=limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise HTTPProblem(413, f"body exceeds the {limit}-byte limit", limit=limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody is left to answer; nothing was started.
+        raise HTTPProblem(400, "client disconnected before the body was complete") from None
     return b"".join(chunks)
 
 

@@ -266,6 +266,15 @@ def demo(
     raise typer.Exit(run_demo(loaded, config, keep=keep, as_json=as_json))
 
 
+def _register_plugins() -> None:
+    from starter.watch_cli import register as register_watch
+
+    register_watch(app)
+
+
+_register_plugins()
+
+
 def main() -> None:
     app()
 

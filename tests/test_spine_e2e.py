@@ -1,9 +1,9 @@
 """The spine end to end: HTTP intake -> real Temporal -> real git activities -> approval -> push.
 
 Only the diagnosis is a double (registered under the real activity name): the LLM backends
-have their own tests. Everything else is the product: the intake app with its coalescing
-reporter, the workflow, sync_repo / investigate / prepare_patch / propose_change on real
-repositories.
+have their own tests against loopback Ollama/Anthropic servers. Everything else is the
+product: the intake app with its coalescing reporter, the workflow, the worker's activities
+on real repositories.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from remedy.models import (
     EvidenceLine,
     IncidentStatus,
     Phase,
-    VerificationResult,
-    VerifyRequest,
 )
 from starter.app import create_app
 from starter.incidents import decide
@@ -64,11 +62,6 @@ async def scripted_diagnose(request: DiagnoseRequest) -> DiagnosisResult:
         ),
         backend="scripted",
     )
-
-
-@activity.defn(name=names.ACTIVITY_VERIFY_PATCH)
-async def scripted_verify(request: VerifyRequest) -> VerificationResult:
-    return VerificationResult(status="skipped", summary="no test_command configured")
 
 
 @pytest.fixture
@@ -112,11 +105,7 @@ def config(
 @pytest.fixture
 async def intake(client: Client, config: RemedyConfig) -> AsyncIterator[httpx.AsyncClient]:
     store = ArtifactStore(config.artifacts_dir)
-    real = [
-        a
-        for a in build_activities(config, store)
-        if getattr(a, "__name__", "") not in {"diagnose", "verify_patch"}
-    ]
+    real = [a for a in build_activities(config, store) if getattr(a, "__name__", "") != "diagnose"]
     reporter = TemporalReporter(
         client,
         task_queue=config.temporal.task_queue,
@@ -124,7 +113,7 @@ async def intake(client: Client, config: RemedyConfig) -> AsyncIterator[httpx.As
         ui_url="http://127.0.0.1:8233/namespaces/default",
     )
     app = create_app(config, reporter=reporter, client=client)
-    async with build_worker(client, config, activities=[*real, scripted_diagnose, scripted_verify]):
+    async with build_worker(client, config, activities=[*real, scripted_diagnose]):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://intake") as http:
             yield http
@@ -171,6 +160,7 @@ async def test_error_to_evidence_to_approval_to_pushed_branch(
     assert evidence.suspect_commits[0].sha == service_repo.bug_commit  # type: ignore[attr-defined]
     assert evidence.suspect_commits[0].author == BOB.name
     assert status.patch is not None and status.patch.files == ["app/cart.py"]
+    assert status.verification is not None and status.verification.status == "skipped"
     assert service_repo.remote_branch(names.branch_for(incident_id)) is None
 
     result = await decide(client, incident_id, "approve", APPROVER, None)

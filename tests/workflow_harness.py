@@ -37,6 +37,8 @@ from remedy.models import (
     Phase,
     Proposal,
     ProposeRequest,
+    RegressionTestRequest,
+    RegressionTestResult,
     ServicePolicy,
     Severity,
     SuspectCommit,
@@ -164,6 +166,11 @@ class FakeActivities:
                 title="fix(shop): KeyError in app/cart.py",
             )
 
+        @activity.defn(name=names.ACTIVITY_WRITE_REGRESSION_TEST)
+        async def write_regression_test(request: RegressionTestRequest) -> RegressionTestResult:
+            self._count("write_regression_test")
+            return RegressionTestResult(abstained_reason="scripted: no regression test")
+
         @activity.defn(name=names.ACTIVITY_NOTIFY)
         async def notify(request: NotifyRequest) -> NotifyResult:
             self._count("notify")
@@ -180,6 +187,7 @@ class FakeActivities:
             investigate,
             diagnose,
             prepare_patch,
+            write_regression_test,
             verify_patch,
             propose_change,
             notify,

@@ -44,6 +44,8 @@ with workflow.unsafe.imports_passed_through():
         PhaseChange,
         Proposal,
         ProposeRequest,
+        RegressionTestRequest,
+        RegressionTestResult,
         SyncRequest,
         VerificationResult,
         VerifyRequest,
@@ -195,7 +197,11 @@ class IncidentWorkflow:
             timeout=timedelta(minutes=20),
             heartbeat=timedelta(minutes=2),
         )
+        self._spend(status.diagnosis.tokens, status.diagnosis.cost_usd)
         diagnosis = status.diagnosis.diagnosis
+        if status.diagnosis.rate_limited:
+            self._finish(Phase.RATE_LIMITED, status.diagnosis.abstained_reason or "rate limited")
+            return
         if diagnosis is None:
             self._finish(Phase.TRIAGED, status.diagnosis.abstained_reason or "no diagnosis")
             return
@@ -230,6 +236,24 @@ class IncidentWorkflow:
             return
 
         self._set_phase(Phase.VERIFYING)
+        regression = await self._call(
+            names.ACTIVITY_WRITE_REGRESSION_TEST,
+            RegressionTestRequest(
+                incident_id=status.incident_id,
+                severity=start.severity,
+                worktree=worktree,
+                error=start.event.error,
+                frames=start.event.frames,
+                evidence=status.evidence,
+                diagnosis=diagnosis,
+                backend=status.diagnosis.backend,
+                tokens_used=status.llm_tokens,
+            ),
+            RegressionTestResult,
+            timeout=timedelta(minutes=20),
+            heartbeat=timedelta(minutes=1),
+        )
+        self._spend(regression.tokens, regression.cost_usd)
         status.verification = await self._call(
             names.ACTIVITY_VERIFY_PATCH,
             VerifyRequest(
@@ -237,9 +261,11 @@ class IncidentWorkflow:
                 worktree=worktree,
                 patch=status.patch,
                 error=start.event.error,
+                regression_test=regression.test,
             ),
             VerificationResult,
-            timeout=timedelta(minutes=45),
+            # Four suite runs (before/after, suite/regression test) plus a clone.
+            timeout=timedelta(hours=3),
             heartbeat=timedelta(minutes=2),
         )
         if status.verification.status == "failed":
@@ -374,6 +400,10 @@ class IncidentWorkflow:
             retry_policy=retry,
         )
         return result
+
+    def _spend(self, tokens: int, cost_usd: float) -> None:
+        self._status.llm_tokens += tokens
+        self._status.llm_cost_usd = round(self._status.llm_cost_usd + cost_usd, 6)
 
     def _set_phase(self, phase: Phase, note: str = "") -> None:
         self._status.phase = phase

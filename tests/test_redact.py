@@ -1,0 +1,293 @@
+"""Credentials never survive redaction; ordinary traceback text is left alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from remedy.models import ErrorEvent, ErrorInfo, Frame
+from remedy.redact import REDACTED, is_sensitive_tag, redact_event, redact_text
+
+GITHUB_CLASSIC = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
+    ".eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0"
+    ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+)
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted", "secret"),
+    [
+        ("key AKIAIOSFODNN7EXAMPLE used", f"key {REDACTED} used", "AKIAIOSFODNN7EXAMPLE"),
+        ("temp ASIAY34FZKBOKMUTVV7A", f"temp {REDACTED}", "ASIAY34FZKBOKMUTVV7A"),
+        (
+            f"aws_secret_access_key = {AWS_SECRET}",
+            f"aws_secret_access_key = {REDACTED}",
+            AWS_SECRET,
+        ),
+        (
+            f'AWS_SECRET_ACCESS_KEY="{AWS_SECRET}"',
+            f'AWS_SECRET_ACCESS_KEY="{REDACTED}"',
+            AWS_SECRET,
+        ),
+        (f"push with {GITHUB_CLASSIC}", f"push with {REDACTED}", GITHUB_CLASSIC),
+        ("gho_" + "x" * 36, REDACTED, "gho_"),
+        ("ghs_" + "y" * 36 + " app", f"{REDACTED} app", "ghs_"),
+        ("ghu_" + "z" * 36, REDACTED, "ghu_"),
+        ("github_pat_11ABCDEFG0_" + "q" * 59, REDACTED, "github_pat_"),
+        ("bot xoxb-2048-4096-aBcDeFgHiJkLmNoP", f"bot {REDACTED}", "xoxb-"),
+        ("user xoxp-1111-2222-3333-abcdef", f"user {REDACTED}", "xoxp-"),
+        ("legacy xoxa-2-1234567890-abc", f"legacy {REDACTED}", "xoxa-"),
+        ("socket xapp-1-A0123-456789-abcdef", f"socket {REDACTED}", "xapp-"),
+        ("key sk-ant-api03-" + "k" * 90 + "-AA", f"key {REDACTED}", "sk-ant-"),
+        ("OPENAI sk-proj-" + "p" * 48, f"OPENAI {REDACTED}", "sk-proj-"),
+        ("sk-" + "a1" * 24, REDACTED, "sk-a1"),
+        (f"cookie jwt={JWT};", f"cookie jwt={REDACTED};", JWT),
+        (f"got {JWT}", f"got {REDACTED}", "eyJzdWIi"),
+        ("Authorization: Bearer abc.def-ghi", f"Authorization: Bearer {REDACTED}", "abc.def-ghi"),
+        ("authorization: Basic dXNlcjpwYXNz", f"authorization: Basic {REDACTED}", "dXNlcjpwYXNz"),
+        ("{'Authorization': 'Token 9f8e7d'}", f"{{'Authorization': 'Token {REDACTED}'}}", "9f8e7d"),
+        ('"Authorization": "Bearer t0k3n"', f'"Authorization": "Bearer {REDACTED}"', "t0k3n"),
+        ("sent Bearer " + "Zm9vYmFyYmF6cXV4cXV1eA==", f"sent Bearer {REDACTED}", "Zm9vYmFy"),
+        ("Cookie: sessionid=abc123; theme=dark", f"Cookie: {REDACTED}", "abc123"),
+        ("password=hunter2 user=bob", f"password={REDACTED} user=bob", "hunter2"),
+        ("login failed passwd: hunter2", f"login failed passwd: {REDACTED}", "hunter2"),
+        ("pwd='hunter2'", f"pwd='{REDACTED}'", "hunter2"),
+        (
+            '{"password": "hunter2", "user": "bob"}',
+            f'{{"password": "{REDACTED}", "user": "bob"}}',
+            "hunter2",
+        ),
+        ('{"secret":"s3cr3t"}', f'{{"secret":"{REDACTED}"}}', "s3cr3t"),
+        ("token: abc123", f"token: {REDACTED}", "abc123"),
+        ("?api_key=abc123&page=2", f"?api_key={REDACTED}&page=2", "abc123"),
+        ("apikey=abc123", f"apikey={REDACTED}", "abc123"),
+        ("X-Api-Key: abc123", f"X-Api-Key: {REDACTED}", "abc123"),
+        ("access_key: AK12", f"access_key: {REDACTED}", "AK12"),
+        ("private_key='-----x'", f"private_key='{REDACTED}'", "-----x"),
+        ("client_secret=cs_123", f"client_secret={REDACTED}", "cs_123"),
+        ("DB_PASSWORD=s3cret", f"DB_PASSWORD={REDACTED}", "s3cret"),
+        ("spring.datasource.password=s3cret", f"spring.datasource.password={REDACTED}", "s3cret"),
+        (
+            "User(name='bob', password='hunter2')",
+            f"User(name='bob', password='{REDACTED}')",
+            "hunter2",
+        ),
+        ('{"accessToken": "at-1"}', f'{{"accessToken": "{REDACTED}"}}', "at-1"),
+        ('escaped "password": "a\\"b"', f'escaped "password": "{REDACTED}"', 'a\\"b'),
+        (
+            "postgres://shop:s3cret@db.internal:5432/shop",
+            f"postgres://shop:{REDACTED}@db.internal:5432/shop",
+            "s3cret",
+        ),
+        ("redis://:s3cret@cache:6379/0", f"redis://:{REDACTED}@cache:6379/0", "s3cret"),
+        ("amqps://user:p%40ss@mq/vhost", f"amqps://user:{REDACTED}@mq/vhost", "p%40ss"),
+        (
+            "dial root:s3cret@tcp(10.0.0.5:3306)/shop",
+            f"dial root:{REDACTED}@tcp(10.0.0.5:3306)/shop",
+            "s3cret",
+        ),
+    ],
+)
+def test_each_pattern(text: str, redacted: str, secret: str) -> None:
+    result = redact_text(text)
+    assert result == redacted
+    assert secret not in result
+    assert redact_text(result) == result  # idempotent: fingerprints of redacted text are stable
+
+
+def test_pem_private_key_blocks() -> None:
+    key = "MIIEowIBAAKCAQEA1234\nabcdEFGH5678\n"
+    text = f"config:\n-----BEGIN RSA PRIVATE KEY-----\n{key}-----END RSA PRIVATE KEY-----\ntail"
+
+    result = redact_text(text)
+
+    assert result == (
+        f"config:\n-----BEGIN RSA PRIVATE KEY-----\n{REDACTED}\n-----END RSA PRIVATE KEY-----\ntail"
+    )
+    truncated = redact_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\nAAAA")
+    assert truncated == f"-----BEGIN OPENSSH PRIVATE KEY-----\n{REDACTED}"
+    public = "-----BEGIN PUBLIC KEY-----\nMFkwEwYH\n-----END PUBLIC KEY-----"
+    assert redact_text(public) == public
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "KeyError: 'token'",
+        "TypeError: login() missing 1 required positional argument: 'password'",
+        "app.errors.TokenError: token expired",
+        "jwt.exceptions.InvalidSignatureError: Signature verification failed",
+        "openai.BadRequestError: max_tokens=5000 is too large",
+        "connect to https://db.internal:5432/shop failed",
+        "url = f'postgres://{user}:{password}@{host}/db'",
+        "dsn = '%(user)s:%(password)s@tcp(db)/shop' or ${USER}:${DB_PASS}@tcp(db)",
+        "if token == expected and secret != other:",
+        "the task-runner desk-1234 is basic; unauthorized for url",
+        "password=",
+    ],
+)
+def test_ordinary_text_is_unchanged(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_real_traceback_is_unchanged(tmp_path: Path) -> None:
+    (tmp_path / "auth.py").write_text(
+        textwrap.dedent(
+            """\
+            SESSIONS = {}
+
+
+            def authenticate(username, password, token=None):
+                session = SESSIONS[username]
+                return session.check(password=password, token=token)
+
+
+            def login(request):
+                headers = {"Authorization": f"Bearer {request['token']}"}
+                return authenticate(request["user"], password=request["password"]), headers
+
+
+            login({"user": "bob", "password": "", "token": ""})
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "auth.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    traceback = result.stderr
+    assert "Traceback (most recent call last)" in traceback and "password=" in traceback
+
+    assert redact_text(traceback) == traceback
+
+
+def test_source_lines_keep_variables_but_lose_literals() -> None:
+    traceback = (
+        "Traceback (most recent call last):\n"
+        '  File "/srv/app/app/auth.py", line 12, in login\n'
+        "    user = authenticate(request, username=username, password=password)\n"
+        '  File "/srv/app/app/auth.py", line 30, in authenticate\n'
+        '    token: str = sign(password="hunter2", secret=settings.SECRET)\n'
+        "                 ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+        "app.errors.AuthError: bad login for password=hunter2\n"
+    )
+
+    result = redact_text(traceback)
+
+    assert "username=username, password=password)" in result
+    assert f'token: str = sign(password="{REDACTED}", secret=settings.SECRET)' in result
+    assert result.endswith(f"bad login for password={REDACTED}\n")
+    assert "hunter2" not in result
+
+
+def test_large_inputs_are_handled() -> None:
+    # 200 KB of text shaped to make a backtracking regex retry at every position.
+    size = 200_000
+    adversarial = [
+        "a" * size,
+        "a." * (size // 2),
+        "password=" * (size // 9),
+        "a://b:" + "c:" * (size // 2),
+        '"a:' * (size // 3),
+        "ab:" * (size // 3),
+        "\n" * size,
+        "-----BEGIN PRIVATE KEY-----" * (size // 27),
+        "eyJa." * (size // 5),
+        'File "x", line 1\n    password=' * (size // 30),
+    ]
+    for text in adversarial:
+        result = redact_text(text)
+        assert redact_text(result) == result
+    secret_at_end = "x" * size + " password=hunter2"
+    assert redact_text(secret_at_end).endswith(f"password={REDACTED}")
+
+
+@pytest.mark.parametrize(
+    ("key", "sensitive"),
+    [
+        ("password", True),
+        ("db_password", True),
+        ("Authorization", True),
+        ("cookie", True),
+        ("session_id", True),
+        ("api_key", True),
+        ("apiKey", True),
+        ("X-Api-Key", True),
+        ("github_token", True),
+        ("client_secret", True),
+        ("region", False),
+        ("release", False),
+        ("max_tokens", False),
+        ("user_id", False),
+    ],
+)
+def test_sensitive_tag_keys(key: str, sensitive: bool) -> None:
+    assert is_sensitive_tag(key) is sensitive
+
+
+def test_redact_event() -> None:
+    event = ErrorEvent(
+        service="checkout",
+        error=ErrorInfo(
+            type="OperationalError", message="could not connect to postgres://app:pw1@db/shop"
+        ),
+        traceback=(
+            "Traceback (most recent call last):\n"
+            '  File "/srv/app/app/db.py", line 3, in connect\n'
+            '    return connect(password="pw2")\n'
+            "OperationalError: could not connect to postgres://app:pw1@db/shop\n"
+        ),
+        frames=[
+            Frame(file="app/db.py", line=3, function="connect", code='connect(password="pw2")'),
+            Frame(file="app/db.py", line=9, function="main", code="connect(password=password)"),
+            Frame(file="app/db.py", line=11, function="main"),
+        ],
+        tags={
+            "region": "eu",
+            "Authorization": "Basic dXNlcjpwYXNz",
+            "session": "abc",
+            "request": f"GET /orders?token={GITHUB_CLASSIC}",
+        },
+    )
+
+    redacted = redact_event(event)
+
+    assert redacted.error.message == f"could not connect to postgres://app:{REDACTED}@db/shop"
+    assert redacted.traceback is not None
+    assert "pw1" not in redacted.traceback and "pw2" not in redacted.traceback
+    assert [frame.code for frame in redacted.frames] == [
+        f'connect(password="{REDACTED}")',
+        "connect(password=password)",
+        None,
+    ]
+    assert redacted.tags == {
+        "region": "eu",
+        "Authorization": REDACTED,
+        "session": REDACTED,
+        "request": f"GET /orders?token={REDACTED}",
+    }
+    assert event.error.message.endswith("app:pw1@db/shop")  # the original is not changed
+    assert ErrorEvent.model_validate(redacted.model_dump()) == redacted
+
+
+def test_redact_event_keeps_field_limits() -> None:
+    message = "p=" + "password=x " * 1489  # 16 381 characters; each secret grows by 9
+    event = ErrorEvent(
+        service="checkout", error=ErrorInfo(type="E", message=message), frames=[Frame(file="a.py")]
+    )
+
+    redacted = redact_event(event)
+
+    assert len(redacted.error.message) == 16_384
+    assert ErrorEvent.model_validate(redacted.model_dump()).error.message == redacted.error.message
