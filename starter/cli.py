@@ -257,13 +257,31 @@ def reject(
 def demo(
     config: ConfigOption = DEFAULT_CONFIG,
     keep: Annotated[bool, typer.Option(help="Keep the stack running afterwards (Ctrl-C)")] = False,
+    approve_as: Annotated[
+        str | None,
+        typer.Option("--approve-as", help="Approve the proposed fix as this approver (CLI path)"),
+    ] = None,
+    until_done: Annotated[
+        bool, typer.Option(help="Wait past awaiting_approval (e.g. for a click in Slack)")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to follow the incident")] = 180.0,
     as_json: JsonOption = False,
 ) -> None:
     """Make a sample service with a real bug, crash it, report it and show the incident."""
     from starter.demo import run_demo
 
     loaded = load_or_exit(config)
-    raise typer.Exit(run_demo(loaded, config, keep=keep, as_json=as_json))
+    raise typer.Exit(
+        run_demo(
+            loaded,
+            config,
+            keep=keep,
+            as_json=as_json,
+            approve_as=approve_as,
+            until_done=until_done,
+            timeout_s=timeout,
+        )
+    )
 
 
 def _register_plugins() -> None:

@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 
 import httpx
+from temporalio.client import Client, WorkflowUpdateFailedError
 
 from remedy.config import RemedyConfig, secret
 from remedy.models import TERMINAL_PHASES, IncidentStatus, Phase
 from starter.client import IntakeClient, IntakeRejected, intake_url
 from starter.dev import DevError, DevStack
-from starter.incidents import incident_status
+from starter.incidents import decide, incident_status
 from starter.render import render_status
 from starter.temporal_client import connect
 
@@ -178,21 +179,57 @@ def _intake_up(config: RemedyConfig) -> bool:
 
 
 async def follow_incident(
-    config: RemedyConfig, incident_id: str, timeout_s: float = 180.0
+    client: Client, incident_id: str, *, stop_at_approval: bool, timeout_s: float
 ) -> IncidentStatus:
-    """Poll the status query until the incident settles (terminal or awaiting approval)."""
-    client = await connect(config)
+    """Poll the status query until the incident is terminal (or awaits approval, if asked)."""
     deadline = time.monotonic() + timeout_s
     while True:
         status = await incident_status(client, incident_id)
-        if status.phase in TERMINAL_PHASES or status.phase == Phase.AWAITING_APPROVAL:
+        if status.phase in TERMINAL_PHASES:
+            return status
+        if stop_at_approval and status.phase == Phase.AWAITING_APPROVAL:
             return status
         if time.monotonic() > deadline:
             return status
         await asyncio.sleep(0.3)
 
 
-def run_demo(config: RemedyConfig, config_path: Path, *, keep: bool, as_json: bool) -> int:
+async def _drive(
+    config: RemedyConfig,
+    incident_id: str,
+    *,
+    approve_as: str | None,
+    until_done: bool,
+    timeout_s: float,
+) -> IncidentStatus:
+    client = await connect(config)
+    status = await follow_incident(
+        client, incident_id, stop_at_approval=not until_done, timeout_s=timeout_s
+    )
+    if status.phase == Phase.AWAITING_APPROVAL and approve_as:
+        _progress(render_status(status))
+        result = await decide(client, incident_id, "approve", approve_as, None)
+        _progress(f"approved by {result.decision.approver} through the CLI")
+        status = await follow_incident(
+            client, incident_id, stop_at_approval=False, timeout_s=timeout_s
+        )
+    return status
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_demo(
+    config: RemedyConfig,
+    config_path: Path,
+    *,
+    keep: bool = False,
+    as_json: bool = False,
+    approve_as: str | None = None,
+    until_done: bool = False,
+    timeout_s: float = 180.0,
+) -> int:
     if DEMO_SERVICE not in config.services:
         print(
             f"error: {config.source}: no [services.{DEMO_SERVICE}]; the demo needs it "
@@ -220,7 +257,7 @@ def run_demo(config: RemedyConfig, config_path: Path, *, keep: bool, as_json: bo
             # A throw-away token for the stack this demo starts and talks to itself.
             os.environ[env_name] = secrets.token_urlsafe(24)
         stack = DevStack(config, config_path)
-        print("starting Temporal, a worker and the intake ...", flush=True)
+        _progress("starting Temporal, a worker and the intake ...")
         try:
             stack.start()
         except DevError as exc:
@@ -240,9 +277,27 @@ def run_demo(config: RemedyConfig, config_path: Path, *, keep: bool, as_json: bo
         except IntakeRejected as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(f"reported: {json.dumps(reply)}", flush=True)
-        status = asyncio.run(follow_incident(config, reply["incident_id"]))
+        _progress(f"reported: {json.dumps(reply)}")
+        try:
+            status = asyncio.run(
+                _drive(
+                    config,
+                    reply["incident_id"],
+                    approve_as=approve_as,
+                    until_done=until_done,
+                    timeout_s=timeout_s,
+                )
+            )
+        except WorkflowUpdateFailedError as exc:
+            print(
+                f"error: approval refused: {getattr(exc.cause, 'message', exc.cause)}",
+                file=sys.stderr,
+            )
+            return 1
         print(status.model_dump_json(indent=2) if as_json else render_status(status))
+        if status.phase == Phase.AWAITING_APPROVAL and status.approval:
+            approvers = " | ".join(status.approval.approvers) or "<approver>"
+            _progress(f"next: remedy approve {status.incident_id} --as {approvers}")
         if keep and stack is not None:
             print(stack.banner(), flush=True)
             try:
