@@ -25,6 +25,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -97,9 +98,14 @@ def network_isolation_prefix() -> list[str] | None:
 
 
 def scrubbed_env(home: Path) -> dict[str, str]:
-    """All a test run inherits: where programs are, a home of its own, and the locale."""
+    """All a test run inherits: where programs are, a home of its own, and the locale.
+
+    The worker's own interpreter folder comes first, so `python` in a test_command is the
+    Python the worker runs under (its virtualenv), not whatever is first on the host's PATH.
+    """
+    path = os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin"
     return {
-        "PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{path}",
         "HOME": str(home),
         "LANG": os.environ.get("LANG") or "C.UTF-8",
     }
