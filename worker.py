@@ -30,6 +30,7 @@ def build_activities(config: RemedyConfig, store: ArtifactStore) -> list[Callabl
     from activities.forge import LocalForge
     from activities.git import GitActivities
     from activities.github import GitHubActivities
+    from activities.index import IndexActivities
     from activities.llm import DiagnosisActivities
     from activities.sandbox import SandboxActivities
     from activities.slack import SlackActivities
@@ -40,7 +41,11 @@ def build_activities(config: RemedyConfig, store: ArtifactStore) -> list[Callabl
     slack = SlackActivities(config, store)
     diagnosis = DiagnosisActivities(config, store)
     sandbox = SandboxActivities(config, store)
+    index = IndexActivities(config, store)
     return [
+        index.index_repo,
+        index.find_related,
+        index.record_incident,
         diagnosis.diagnose,
         diagnosis.write_regression_test,
         sandbox.verify_patch,

@@ -152,6 +152,12 @@ def pull_request_body(incident: IncidentStatus, diff: str) -> str:
                 f"estimated cost ${result.cost_usd:.4f}"
             )
         out.append(f"\n{confidence}.")
+        if incident.llm_tokens > result.tokens:
+            # The regression test (and any later call) spends beyond the diagnosis itself.
+            out.append(
+                f"All model calls of this incident: {incident.llm_tokens:,} tokens, "
+                f"estimated cost ${incident.llm_cost_usd:.4f}."
+            )
         if diagnosis.evidence:
             out += ["", "Evidence:"]
             out += [f"- `{line.path}:{line.line}`" for line in diagnosis.evidence]

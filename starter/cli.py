@@ -285,8 +285,10 @@ def demo(
 
 
 def _register_plugins() -> None:
+    from starter.index_cli import register as register_index
     from starter.watch_cli import register as register_watch
 
+    register_index(app)
     register_watch(app)
 
 

@@ -55,11 +55,14 @@ async def test_without_a_diagnosis_the_incident_is_triaged_with_evidence(
     assert [change.phase for change in status.history] == [
         Phase.RECEIVED,
         Phase.SYNCING,
+        Phase.INDEXING,
         Phase.INVESTIGATING,
         Phase.DIAGNOSING,
         Phase.TRIAGED,
     ]
     assert "prepare_patch" not in fakes.calls
+    assert status.evidence.related_code[0].path == "app/pricing.py"
+    assert [r.outcome for r in fakes.recorded] == ["triaged"]
 
     async def visible() -> bool:
         query = (

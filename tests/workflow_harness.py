@@ -27,6 +27,8 @@ from remedy.models import (
     FrameEvidence,
     IncidentStart,
     IncidentStatus,
+    IndexRequest,
+    IndexResult,
     InvestigateRequest,
     IssueResult,
     NotifyRequest,
@@ -37,8 +39,13 @@ from remedy.models import (
     Phase,
     Proposal,
     ProposeRequest,
+    RecordIncidentRequest,
+    RecordIncidentResult,
     RegressionTestRequest,
     RegressionTestResult,
+    RelatedCode,
+    RelatedRequest,
+    RelatedResult,
     ServicePolicy,
     Severity,
     SuspectCommit,
@@ -106,6 +113,7 @@ class FakeActivities:
     calls: dict[str, int] = field(default_factory=dict)
     proposals: list[ProposeRequest] = field(default_factory=list)
     notifications: list[tuple[str, Phase]] = field(default_factory=list)
+    recorded: list[RecordIncidentRequest] = field(default_factory=list)
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -166,6 +174,28 @@ class FakeActivities:
                 title="fix(shop): KeyError in app/cart.py",
             )
 
+        @activity.defn(name=names.ACTIVITY_INDEX_REPO)
+        async def index_repo(request: IndexRequest) -> IndexResult:
+            self._count("index_repo")
+            return IndexResult(repo=request.worktree.service, commit=request.worktree.commit)
+
+        @activity.defn(name=names.ACTIVITY_FIND_RELATED)
+        async def find_related(request: RelatedRequest) -> RelatedResult:
+            self._count("find_related")
+            return RelatedResult(
+                related_code=[
+                    RelatedCode(
+                        path="app/pricing.py", symbol="price", start_line=1, end_line=9, score=0.8
+                    )
+                ]
+            )
+
+        @activity.defn(name=names.ACTIVITY_RECORD_INCIDENT)
+        async def record_incident(request: RecordIncidentRequest) -> RecordIncidentResult:
+            self._count("record_incident")
+            self.recorded.append(request)
+            return RecordIncidentResult(incident_id=request.incident_id, point_id="p1")
+
         @activity.defn(name=names.ACTIVITY_WRITE_REGRESSION_TEST)
         async def write_regression_test(request: RegressionTestRequest) -> RegressionTestResult:
             self._count("write_regression_test")
@@ -187,6 +217,9 @@ class FakeActivities:
             investigate,
             diagnose,
             prepare_patch,
+            index_repo,
+            find_related,
+            record_incident,
             write_regression_test,
             verify_patch,
             propose_change,

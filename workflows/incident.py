@@ -32,6 +32,8 @@ with workflow.unsafe.imports_passed_through():
         Evidence,
         IncidentStart,
         IncidentStatus,
+        IndexRequest,
+        IndexResult,
         InvestigateRequest,
         IssueResult,
         NotifyRequest,
@@ -44,8 +46,12 @@ with workflow.unsafe.imports_passed_through():
         PhaseChange,
         Proposal,
         ProposeRequest,
+        RecordIncidentRequest,
+        RecordIncidentResult,
         RegressionTestRequest,
         RegressionTestResult,
+        RelatedRequest,
+        RelatedResult,
         SyncRequest,
         VerificationResult,
         VerifyRequest,
@@ -60,7 +66,8 @@ _DEFAULT_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=2),
     maximum_attempts=6,
 )
-# Slack and issue trackers are side channels: a short retry, then the incident goes on.
+# Side channels (Slack, issue trackers) and enrichments (code index, past incidents): a short
+# retry, then the incident goes on without them.
 _SIDE_CHANNEL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -147,6 +154,7 @@ class IncidentWorkflow:
                 cause = err.cause if err.cause is not None else err
                 self._finish(Phase.FAILED, f"{err.activity_type or 'activity'} failed: {cause}")
         await self._notify()
+        await self._remember()
         await self._absorb_until_quiet()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._status
@@ -167,8 +175,17 @@ class IncidentWorkflow:
         )
         status.worktree = worktree
 
+        self._set_phase(Phase.INDEXING)
+        indexed = await self._optional(
+            names.ACTIVITY_INDEX_REPO,
+            IndexRequest(worktree=worktree, incident_id=status.incident_id),
+            IndexResult,
+            timeout=timedelta(hours=1),
+            heartbeat=timedelta(minutes=2),
+        )
+
         self._set_phase(Phase.INVESTIGATING)
-        status.evidence = await self._call(
+        evidence = await self._call(
             names.ACTIVITY_INVESTIGATE,
             InvestigateRequest(
                 incident_id=status.incident_id,
@@ -179,6 +196,26 @@ class IncidentWorkflow:
             Evidence,
             timeout=timedelta(minutes=5),
         )
+        if indexed is not None:
+            related = await self._optional(
+                names.ACTIVITY_FIND_RELATED,
+                RelatedRequest(
+                    incident_id=status.incident_id,
+                    worktree=worktree,
+                    error=start.event.error,
+                    frames=start.event.frames,
+                ),
+                RelatedResult,
+                timeout=timedelta(minutes=5),
+            )
+            if related is not None:
+                evidence = evidence.model_copy(
+                    update={
+                        "related_code": related.related_code,
+                        "similar_incidents": related.similar_incidents,
+                    }
+                )
+        status.evidence = evidence
         await self._open_issue()
 
         self._set_phase(Phase.DIAGNOSING)
@@ -347,32 +384,40 @@ class IncidentWorkflow:
     async def _notify(self, kind: str = "update") -> None:
         """Post or edit the incident's Slack message. A chat outage never fails the incident."""
         request = NotifyRequest(incident=self._status, raw_error=self._raw_error(), kind=kind)
-        try:
-            await self._call(
-                names.ACTIVITY_NOTIFY,
-                request,
-                NotifyResult,
-                timeout=timedelta(minutes=1),
-                retry=_SIDE_CHANNEL_RETRY,
-            )
-        except ActivityError as err:
-            workflow.logger.warning("notify failed for %s: %s", self._status.incident_id, err.cause)
+        await self._optional(
+            names.ACTIVITY_NOTIFY, request, NotifyResult, timeout=timedelta(minutes=1)
+        )
 
     async def _open_issue(self) -> None:
         """One tracking issue per fingerprint for severities configured to get one."""
         request = OpenIssueRequest(incident=self._status, raw_error=self._raw_error())
-        try:
-            await self._call(
-                names.ACTIVITY_OPEN_ISSUE,
-                request,
-                IssueResult,
-                timeout=timedelta(minutes=2),
-                retry=_SIDE_CHANNEL_RETRY,
-            )
-        except ActivityError as err:
-            workflow.logger.warning(
-                "open_issue failed for %s: %s", self._status.incident_id, err.cause
-            )
+        await self._optional(
+            names.ACTIVITY_OPEN_ISSUE, request, IssueResult, timeout=timedelta(minutes=2)
+        )
+
+    async def _remember(self) -> None:
+        """Closed incidents feed the past-incidents index that later evidence draws on."""
+        status = self._status
+        if status.phase in {Phase.NOTIFIED, Phase.FAILED} or status.evidence is None:
+            return
+        found = status.diagnosis.diagnosis if status.diagnosis else None
+        await self._optional(
+            names.ACTIVITY_RECORD_INCIDENT,
+            RecordIncidentRequest(
+                incident_id=status.incident_id,
+                service=status.service,
+                fingerprint=status.fingerprint,
+                error=self._start.event.error,
+                frames=self._start.event.frames,
+                summary=found.summary if found else status.evidence.summary,
+                root_cause=found.root_cause if found else "",
+                outcome=status.phase.value,
+                reason=status.reason,
+                patch=status.patch.diff if status.patch else None,
+            ),
+            RecordIncidentResult,
+            timeout=timedelta(minutes=5),
+        )
 
     def _raw_error(self) -> str:
         # The tail is what people read first in Slack; the event was redacted at intake.
@@ -380,6 +425,32 @@ class IncidentWorkflow:
         return (self._start.event.traceback or f"{error.type}: {error.message}")[-4000:]
 
     # ------------------------------------------------------------------ helpers
+
+    async def _optional(
+        self,
+        activity: str,
+        request: BaseModel,
+        result_type: type[ResultT],
+        *,
+        timeout: timedelta,
+        heartbeat: timedelta | None = None,
+    ) -> ResultT | None:
+        """An enrichment (code index, past incidents): its failure narrows the evidence, it
+        never fails the incident."""
+        try:
+            return await self._call(
+                activity,
+                request,
+                result_type,
+                timeout=timeout,
+                heartbeat=heartbeat,
+                retry=_SIDE_CHANNEL_RETRY,
+            )
+        except ActivityError as err:
+            workflow.logger.warning(
+                "%s failed for %s: %s", activity, self._status.incident_id, err.cause
+            )
+            return None
 
     async def _call(
         self,

@@ -1,0 +1,78 @@
+"""Record IncidentWorkflow histories for the replay tests (tests/test_replay.py).
+
+Run after a deliberate change to the workflow's commands, guarded by `workflow.patched()`:
+the histories recorded before the change must keep replaying, so ADD new files rather than
+overwriting old ones (name them for the change).
+
+    .venv/bin/python -m tests.record_histories [SUFFIX]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from remedy import names
+from remedy.models import DecideRequest, OccurrenceSignal, Phase
+from tests.conftest import TEMPORAL
+from tests.workflow_harness import (
+    APPROVER,
+    FakeActivities,
+    fix_diagnosis,
+    make_start,
+    start_incident,
+    wait_for_phase,
+)
+from workflows.incident import IncidentWorkflow
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+async def _record(client: Client, name: str, scenario: str) -> None:
+    fakes = FakeActivities(diagnosis=None if scenario == "triaged" else fix_diagnosis())
+    queue = f"record-{uuid.uuid4()}"
+    async with Worker(
+        client, task_queue=queue, workflows=[IncidentWorkflow], activities=fakes.all()
+    ):
+        handle = await start_incident(client, queue, make_start())
+        if scenario != "triaged":
+            status = await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
+            await handle.signal(IncidentWorkflow.occurrence, OccurrenceSignal(count=3))
+            assert status.approval is not None
+            await handle.execute_update(
+                IncidentWorkflow.decide,
+                DecideRequest(
+                    decision="approve" if scenario == "approved" else "reject",
+                    approver=APPROVER,
+                    request_id=status.approval.request_id,
+                    reason=None if scenario == "approved" else "not this way",
+                ),
+            )
+        await handle.result()
+        history = await handle.fetch_history()
+    (HISTORIES / f"{name}.json").write_text(history.to_json())
+    print(f"recorded {name}.json ({len(history.events)} events)")
+
+
+async def main(suffix: str) -> None:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=TEMPORAL,
+        search_attributes=names.SEARCH_ATTRIBUTES,
+        data_converter=pydantic_data_converter,
+    )
+    try:
+        for scenario in ("triaged", "approved", "rejected"):
+            await _record(env.client, f"incident_{scenario}{suffix}", scenario)
+    finally:
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(f"_{sys.argv[1]}" if len(sys.argv) > 1 else ""))

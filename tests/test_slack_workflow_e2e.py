@@ -1,0 +1,195 @@
+"""Slack approval to a GitHub pull request, end to end.
+
+An error reported to the intake becomes the real IncidentWorkflow on real Temporal, run by the
+worker's own activity set (worker.build_activities) on a real git repository; Slack and GitHub
+are loopback servers spoken to by the real slack_sdk, slack_bolt and PyGithub clients. Only
+`diagnose` is a double under its real name (as in test_spine_e2e.py): the LLM backends have
+their own tests.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from temporalio import activity
+from temporalio.client import Client
+
+from remedy import names
+from remedy.config import GitHubConfig, RemedyConfig, SlackConfig
+from remedy.models import DiagnoseRequest, DiagnosisResult, IncidentStatus, Phase
+from tests.fakes.github_server import TOKEN as GITHUB_TOKEN
+from tests.fakes.github_server import GitHubServer
+from tests.fakes.slack_server import (
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    SlackServer,
+    block_actions,
+    form_body,
+    signed_headers,
+)
+from tests.intake_harness import UI_BASE, report_error, running_intake
+from tests.repos import ALICE, BOB, ServiceRepo, git, make_service_repo
+from tests.test_spine_e2e import (
+    CART_BUGGY,
+    CART_GOOD,
+    FIXED_LINE,
+    crash,
+    scripted_diagnose,
+)
+from tests.workflow_harness import APPROVER, eventually
+
+INTAKE_TOKEN = "slack-e2e-intake-token"
+GITHUB_REPO = "acme/shop"
+
+
+@activity.defn(name=names.ACTIVITY_DIAGNOSE)
+async def priced_diagnose(request: DiagnoseRequest) -> DiagnosisResult:
+    """The scripted diagnosis, with the usage a paid model would report."""
+    result = await scripted_diagnose(request)
+    return result.model_copy(update={"tokens": 1834, "cost_usd": 0.0042})
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> ServiceRepo:
+    repo = make_service_repo(tmp_path, service="shop")
+    repo.commit({"app/__init__.py": "", "app/cart.py": CART_GOOD}, "Add cart total", author=ALICE)
+    repo.commit({"app/cart.py": CART_BUGGY}, "Apply discounts", author=BOB)
+    return repo
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackServer]:
+    with SlackServer() as server:
+        yield server
+
+
+@pytest.fixture
+def github(shop: ServiceRepo) -> Iterator[GitHubServer]:
+    """The loopback GitHub holding the service's repository as it is at its head."""
+    with GitHubServer() as server:
+        tracked = git(shop.work, "ls-files").splitlines()
+        server.add_repo(GITHUB_REPO, {path: (shop.work / path).read_text() for path in tracked})
+        yield server
+
+
+@pytest.fixture
+def config(
+    shop: ServiceRepo,
+    slack: SlackServer,
+    github: GitHubServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> RemedyConfig:
+    monkeypatch.setenv("SHOP_INTAKE_TOKEN", INTAKE_TOKEN)
+    monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", SIGNING_SECRET)
+    monkeypatch.setenv("GITHUB_TOKEN", GITHUB_TOKEN)
+    config = shop.config(
+        tmp_path / "home",
+        intake_token_env="SHOP_INTAKE_TOKEN",
+        approvers=[APPROVER],
+        allowed_paths=["app/**"],
+        slack_channel="#checkout-incidents",
+        github_repo=GITHUB_REPO,
+    )
+    config.slack = SlackConfig(api_url=slack.api_url)
+    config.github = GitHubConfig(api_url=github.api_url, write_interval_s=0)
+    config.temporal.task_queue = f"slack-e2e-{uuid.uuid4()}"
+    config.limits.quiet_window_s = 0
+    # No model is asked for a regression test, whatever runs on this machine's Ollama port.
+    config.llm.mode = "none"
+    return config
+
+
+@pytest.fixture
+async def intake(client: Client, config: RemedyConfig) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_intake(client, config, {names.ACTIVITY_DIAGNOSE: priced_diagnose}) as http:
+        yield http
+
+
+async def phase_reached(
+    http: httpx.AsyncClient, incident_id: str, phase: Phase
+) -> IncidentStatus | None:
+    reply = await http.get(
+        f"/v1/incidents/{incident_id}", headers={"Authorization": f"Bearer {INTAKE_TOKEN}"}
+    )
+    assert reply.status_code == 200, reply.text
+    status = IncidentStatus.model_validate(reply.json())
+    assert status.phase not in {Phase.FAILED, Phase.TRIAGED, Phase.EXPIRED}, status.reason
+    return status if status.phase == phase else None
+
+
+def decision_buttons(message: dict[str, Any]) -> list[str]:
+    return [
+        element["action_id"]
+        for block in message["blocks"]
+        if block["type"] == "actions"
+        for element in block["elements"]
+    ]
+
+
+async def test_an_approve_click_in_slack_opens_a_draft_pull_request_on_github(
+    config: RemedyConfig,
+    shop: ServiceRepo,
+    slack: SlackServer,
+    github: GitHubServer,
+    intake: httpx.AsyncClient,
+) -> None:
+    event = {
+        "service": "shop",
+        "release": shop.head(),
+        "error": {"type": "KeyError", "message": "'discount'"},
+        "traceback": crash(shop),
+    }
+    incident_id = await report_error(intake, INTAKE_TOKEN, event)
+
+    async def awaiting() -> IncidentStatus | None:
+        return await phase_reached(intake, incident_id, Phase.AWAITING_APPROVAL)
+
+    await eventually(awaiting, timeout_s=60)
+    [message] = await slack.wait_for_async(
+        lambda: [m for m in slack.top_level() if decision_buttons(m)]
+    )
+    assert len(slack.top_level()) == 1
+
+    click = block_actions(message, "remedy_approve", APPROVER)
+    body = form_body(click)
+    response = await intake.post("/slack/events", content=body, headers=signed_headers(body))
+    assert response.status_code == 200
+
+    async def opened() -> IncidentStatus | None:
+        return await phase_reached(intake, incident_id, Phase.PR_OPENED)
+
+    final: IncidentStatus = await eventually(opened, timeout_s=60)
+    branch = names.branch_for(incident_id)
+    [pull] = github.pulls(GITHUB_REPO)
+    assert pull["pull"]["head"] == branch and pull["pull"]["draft"] is True
+    assert final.proposal is not None and final.proposal.pr_url is not None
+    pr_url = final.proposal.pr_url
+    assert pr_url.endswith(f"/pull/{pull['number']}")
+    fixed = github.file_at(GITHUB_REPO, pull["pull"]["head_sha"], "app/cart.py")
+    assert fixed is not None and FIXED_LINE in fixed
+    for expected in (
+        "commit 'Apply discounts' indexes order['discount'] unconditionally",
+        "Confidence: 90% (scripted). Diagnosis: 1,834 tokens, estimated cost $0.0042.",
+        f"Approved by {APPROVER}",
+        final.ui_url,
+    ):
+        assert expected in pull["body"], expected
+    assert final.ui_url.startswith(f"{UI_BASE}/workflows/{final.workflow_id}/")
+    assert shop.remote_branch(branch) is None, "with github_repo set nothing is pushed to origin"
+
+    def shows_the_pull_request() -> dict[str, Any] | None:
+        [now] = slack.top_level()
+        return now if pr_url in json.dumps(now["blocks"]) else None
+
+    shown = await slack.wait_for_async(shows_the_pull_request)
+    assert shown["ts"] == message["ts"] and "edited" in shown
+    assert "pull request opened" in json.dumps(shown["blocks"])
+    assert decision_buttons(shown) == []
