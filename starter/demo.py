@@ -213,7 +213,21 @@ async def _drive(
         status = await follow_incident(
             client, incident_id, stop_at_approval=False, timeout_s=timeout_s
         )
+    if status.phase in TERMINAL_PHASES:
+        await _settle(client, status.workflow_id)
     return status
+
+
+async def _settle(client: Client, workflow_id: str, timeout_s: float = 10.0) -> None:
+    """Let the outcome's last side effects (the Slack edit, the past-incident record) finish
+    before a stack this demo started is stopped under them."""
+    deadline = time.monotonic() + timeout_s
+    handle = client.get_workflow_handle(workflow_id)
+    while time.monotonic() < deadline:
+        description = await handle.describe()
+        if not description.raw_description.pending_activities:
+            return
+        await asyncio.sleep(0.2)
 
 
 def _progress(line: str) -> None:

@@ -159,7 +159,9 @@ class DevStack:
                 tail = child.log.read_text(errors="replace")[-2000:]
                 raise DevError(f"{child.name} exited with code {code}; last log lines:\n{tail}")
 
-    def stop(self, timeout_s: float = 20.0) -> None:
+    def stop(self, timeout_s: float = 20.0) -> list[str]:
+        """Stop every child, newest first; return what did not stop cleanly."""
+        problems = []
         # Reverse start order: intake, worker, then Temporal.
         for child in reversed(self.children):
             if child.process.poll() is None:
@@ -169,7 +171,16 @@ class DevStack:
                 except subprocess.TimeoutExpired:
                     child.process.kill()
                     child.process.wait()
+                    problems.append(f"{child.name} did not stop within {timeout_s:.0f} s: killed")
+                    continue
+                # uvicorn re-raises the SIGTERM it handled once its shutdown has finished.
+                if child.process.returncode not in (0, -signal.SIGTERM):
+                    problems.append(
+                        f"{child.name} exited with code {child.process.returncode} "
+                        f"(see {child.log})"
+                    )
         self.children.clear()
+        return problems
 
     def banner(self) -> str:
         config = self.config
@@ -205,9 +216,14 @@ def run_dev(config: RemedyConfig, config_path: Path) -> int:
             time.sleep(0.5)
     except DevError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        print("stopping intake, worker and Temporal ...", flush=True)
         stack.stop()
-        print("stopped.", flush=True)
-    return 0
+        return 1
+    except BaseException:
+        stack.stop()  # never leave a Temporal server or worker behind
+        raise
+    print("stopping intake, worker and Temporal ...", flush=True)
+    problems = stack.stop()
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr, flush=True)
+    print("stopped." if not problems else "stopped, not cleanly.", flush=True)
+    return 0 if not problems else 1

@@ -185,26 +185,19 @@ class IncidentWorkflow:
         )
 
         self._set_phase(Phase.INVESTIGATING)
+        subject = InvestigateRequest(
+            incident_id=status.incident_id,
+            worktree=worktree,
+            error=start.event.error,
+            frames=start.event.frames,
+        )
         evidence = await self._call(
-            names.ACTIVITY_INVESTIGATE,
-            InvestigateRequest(
-                incident_id=status.incident_id,
-                worktree=worktree,
-                error=start.event.error,
-                frames=start.event.frames,
-            ),
-            Evidence,
-            timeout=timedelta(minutes=5),
+            names.ACTIVITY_INVESTIGATE, subject, Evidence, timeout=timedelta(minutes=5)
         )
         if indexed is not None:
             related = await self._optional(
                 names.ACTIVITY_FIND_RELATED,
-                RelatedRequest(
-                    incident_id=status.incident_id,
-                    worktree=worktree,
-                    error=start.event.error,
-                    frames=start.event.frames,
-                ),
+                RelatedRequest(**subject.model_dump()),
                 RelatedResult,
                 timeout=timedelta(minutes=5),
             )
