@@ -31,6 +31,7 @@ from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig, secret
 from remedy.models import IncidentStatus, NotifyRequest, NotifyResult, Phase
+from remedy.redact import redact_text
 
 APPROVE_ACTION_ID = "remedy_approve"
 REJECT_ACTION_ID = "remedy_reject"
@@ -410,6 +411,18 @@ class _MessageState:
     replies: list[str] = field(default_factory=list)
 
 
+def scrub(value: Any) -> Any:
+    """Redact every string of a message before it leaves: the event was redacted at intake,
+    but diffs, model text and repository code reach the message too."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, list | tuple):
+        return type(value)(scrub(item) for item in value)
+    if isinstance(value, dict):
+        return {key: scrub(item) for key, item in value.items()}
+    return value
+
+
 class SlackActivities:
     def __init__(self, config: RemedyConfig, store: ArtifactStore) -> None:
         self._config = config
@@ -435,7 +448,7 @@ class SlackActivities:
         )
         try:
             state = self._load(incident.incident_id)
-            text, blocks = render_message(incident, request.raw_error, self._diff(incident))
+            text, blocks = scrub(render_message(incident, request.raw_error, self._diff(incident)))
             metadata = {
                 "event_type": MESSAGE_EVENT,
                 "event_payload": {"incident_id": incident.incident_id},
@@ -551,7 +564,7 @@ class SlackActivities:
             await client.chat_postMessage(
                 channel=state.channel,
                 thread_ts=state.ts,
-                text=detail_text(request),
+                text=scrub(detail_text(request)),
                 metadata={
                     "event_type": DETAIL_EVENT,
                     "event_payload": {"incident_id": incident_id, "key": key},

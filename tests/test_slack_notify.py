@@ -221,3 +221,25 @@ async def test_without_a_token_nothing_is_sent(
     result = await notify(activities, NotifyRequest(incident=make_incident()))
     assert not result.delivered and "SLACK_BOT_TOKEN" in (result.reason or "")
     assert slack.calls == []
+
+
+async def test_secrets_in_a_diff_or_model_text_never_reach_slack(
+    slack: SlackServer, activities: SlackActivities, tmp_path: Path
+) -> None:
+    incident = make_incident()
+    assert incident.patch is not None and incident.diagnosis and incident.diagnosis.diagnosis
+    incident.diagnosis.diagnosis.root_cause = (
+        "the client sends api_key=sk-ant-api03-abcdefghijklmnop"
+    )
+    incident.patch.diff = ArtifactStore(tmp_path / "artifacts").put_text(
+        f"{INCIDENT_ID}/patch.diff",
+        "--- a/app/db.py\n+++ b/app/db.py\n-URL = 'postgres://app:hunter2@db/shop'\n+URL = env()\n",
+    )
+    await notify(activities, NotifyRequest(incident=incident, raw_error=TRACEBACK))
+    await notify(
+        activities,
+        NotifyRequest(incident=incident.model_copy(update={"phase": Phase.TRIAGED})),
+    )
+    sent = repr(slack.top_level()) + repr(slack.requests if hasattr(slack, "requests") else "")
+    assert "hunter2" not in sent and "abcdefghijklmnop" not in sent
+    assert "[REDACTED]" in block_texts(slack.top_level()[0])
