@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
 from starter.temporal_client import connect
@@ -30,16 +32,49 @@ def build_activities(config: RemedyConfig, store: ArtifactStore) -> list[Callabl
     from activities.forge import LocalForge
     from activities.git import GitActivities
     from activities.github import GitHubActivities
-    from activities.index import IndexActivities
+    from activities.index import IndexActivities, code_index, open_vector_store, repo_key
+    from activities.index_store import EdgeStore, StoreError, VectorStore
     from activities.llm import DiagnosisActivities
     from activities.sandbox import SandboxActivities
     from activities.slack import SlackActivities
+    from remedy.models import RelatedCode, Worktree
+
+    def search_store() -> VectorStore:
+        # A model's tool call must not queue behind an index run holding the embedded store:
+        # after two seconds it greps instead.
+        if config.qdrant.url:
+            return open_vector_store(config)
+        return EdgeStore(config.home_dir / config.qdrant.path, lock_timeout_s=2.0)
+
+    def search_index(worktree: Worktree, query: str, limit: int) -> list[RelatedCode]:
+        repo = repo_key(config, worktree.service, worktree.path)
+        try:
+            with code_index(config, search_store) as code:
+                if worktree.commit not in code.indexed_commits(repo):
+                    return []
+                hits = code.search(repo, worktree.commit, [query], limit)[:limit]
+        except StoreError:
+            return []  # busy or down: the tool greps instead
+        return [
+            RelatedCode(
+                path=h.path,
+                symbol=h.symbol,
+                start_line=h.start_line,
+                end_line=h.end_line,
+                score=round(h.score, 4),
+            )
+            for h in hits
+        ]
+
+    async def search_code(worktree: Worktree, query: str, limit: int) -> list[RelatedCode]:
+        """The model's search_code tool, answered by the code index at the incident's commit."""
+        return await asyncio.to_thread(search_index, worktree, query, limit)
 
     git = GitActivities(config, store)
     forge = LocalForge(config, store)
     github = GitHubActivities(config, store)
     slack = SlackActivities(config, store)
-    diagnosis = DiagnosisActivities(config, store)
+    diagnosis = DiagnosisActivities(config, store, search_code=search_code)
     sandbox = SandboxActivities(config, store)
     index = IndexActivities(config, store)
     return [
@@ -64,40 +99,81 @@ def build_worker(
     config: RemedyConfig,
     *,
     activities: Sequence[Callable[..., Any]] | None = None,
-    executor: ThreadPoolExecutor | None = None,
+    task_queue: str | None = None,
+    with_workflows: bool = True,
 ) -> Worker:
-    store = ArtifactStore(config.artifacts_dir)
+    """One Temporal worker: IncidentWorkflow (unless told otherwise) and the given activities
+    (default: all of them) on the given task queue (default: [temporal] task_queue)."""
+    if activities is None:
+        activities = build_activities(config, ArtifactStore(config.artifacts_dir))
     return Worker(
         client,
-        task_queue=config.temporal.task_queue,
-        workflows=[IncidentWorkflow],
-        activities=list(activities) if activities is not None else build_activities(config, store),
-        activity_executor=executor
-        or ThreadPoolExecutor(max_workers=config.worker.max_concurrent_activities),
+        task_queue=task_queue or config.temporal.task_queue,
+        workflows=[IncidentWorkflow] if with_workflows else [],
+        activities=list(activities),
+        activity_executor=ThreadPoolExecutor(max_workers=config.worker.max_concurrent_activities),
         max_concurrent_activities=config.worker.max_concurrent_activities,
         max_concurrent_workflow_tasks=config.worker.max_concurrent_workflow_tasks,
         graceful_shutdown_timeout=timedelta(seconds=config.worker.graceful_shutdown_s),
     )
 
 
-async def run_worker(config: RemedyConfig, stop: asyncio.Event) -> None:
+ROLES = ("all", "main", "index")
+_INDEX_ACTIVITIES = frozenset(
+    {names.ACTIVITY_INDEX_REPO, names.ACTIVITY_FIND_RELATED, names.ACTIVITY_RECORD_INCIDENT}
+)
+
+
+def _is_index_activity(function: Callable[..., Any]) -> bool:
+    definition = getattr(function, "__temporal_activity_definition", None)
+    return definition is not None and definition.name in _INDEX_ACTIVITIES
+
+
+def build_workers(client: Client, config: RemedyConfig, role: str = "all") -> list[Worker]:
+    """The workers of one process. With [temporal] index_task_queue set, the code index has a
+    worker of its own, so a long embedding run never starves workflow tasks and queries;
+    `role` then says which of the two this process runs ("all": both)."""
+    activities = build_activities(config, ArtifactStore(config.artifacts_dir))
+    index_queue = config.temporal.index_task_queue
+    if not index_queue:
+        return [build_worker(client, config, activities=activities)]
+    workers = []
+    if role in ("all", "main"):
+        main_activities = [a for a in activities if not _is_index_activity(a)]
+        workers.append(build_worker(client, config, activities=main_activities))
+    if role in ("all", "index"):
+        index_activities = [a for a in activities if _is_index_activity(a)]
+        workers.append(
+            build_worker(
+                client,
+                config,
+                activities=index_activities,
+                task_queue=index_queue,
+                with_workflows=False,
+            )
+        )
+    return workers
+
+
+async def run_workers(config: RemedyConfig, stop: asyncio.Event, role: str = "all") -> None:
     client = await connect(config)
-    worker = build_worker(client, config)
-    log.info(
-        "worker polling task queue %r on %s", config.temporal.task_queue, config.temporal.address
-    )
-    async with worker:
+    async with contextlib.AsyncExitStack() as running:
+        for worker in build_workers(client, config, role):
+            await running.enter_async_context(worker)
+            log.info(
+                "worker polling task queue %r on %s", worker.task_queue, config.temporal.address
+            )
         await stop.wait()
         log.info("worker stopping: finishing running activities")
     log.info("worker stopped")
 
 
-def main(config: RemedyConfig) -> None:
+def main(config: RemedyConfig, role: str = "all") -> None:
     async def _run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await run_worker(config, stop)
+        await run_workers(config, stop, role)
 
     asyncio.run(_run())

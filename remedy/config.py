@@ -34,6 +34,11 @@ class TemporalConfig(_Section):
     address: str = "127.0.0.1:7233"
     namespace: str = "default"
     task_queue: str = TASK_QUEUE
+    index_task_queue: str | None = Field(
+        default=None,
+        description="A separate task queue for the CPU-heavy code index, served by "
+        "`remedy worker --role index`; absent: the index runs on task_queue",
+    )
     ui_url: str = "http://127.0.0.1:8233"
     profile: str | None = Field(
         default=None, description="temporal.toml profile (temporalio.envconfig) for real clusters"

@@ -137,6 +137,10 @@ class IncidentStart(BaseModel):
     occurrences: int = Field(default=1, ge=1)
     policy: ServicePolicy = Field(default_factory=ServicePolicy)
     forge: Literal["local", "github"] = "local"
+    index_task_queue: str | None = Field(
+        default=None,
+        description="Where index activities run; None: the workflow's own task queue",
+    )
     ui_base_url: str = Field(
         default="", description="Temporal UI base, e.g. http://127.0.0.1:8233/namespaces/default"
     )

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from remedy.config import RemedyConfig, secret
 from remedy.intake import build_incident_start
@@ -216,6 +217,14 @@ async def get_incident(incident_id: str, request: Request, config: ConfigDep) ->
         status = await incident_status(client, incident_id)
     except IncidentNotFound as exc:
         raise HTTPProblem(404, str(exc)) from None
+    except RPCError as exc:
+        # The status query needs a worker; a busy or absent one is a retry, not a crash.
+        raise HTTPProblem(
+            503,
+            f"incident {incident_id} did not answer its status query ({exc.message}): "
+            "is a worker running?",
+            headers={"Retry-After": "2"},
+        ) from None
     if status.service != token_service:
         raise HTTPProblem(
             403, f"this token belongs to service {token_service!r}, not {status.service!r}"
@@ -259,6 +268,7 @@ def create_app(
                 task_queue=config.temporal.task_queue,
                 coalesce_interval_s=config.intake.coalesce_interval_s,
                 ui_url=f"{config.temporal.ui_url.rstrip('/')}/namespaces/{config.temporal.namespace}",
+                index_task_queue=config.temporal.index_task_queue,
             )
             app.state.reporter = owned
         if slack is not None:

@@ -42,13 +42,30 @@ def dev(config: ConfigOption = DEFAULT_CONFIG) -> None:
 
 
 @app.command()
-def worker(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Run one worker (workflows and activities) until SIGTERM/SIGINT."""
+def worker(
+    config: ConfigOption = DEFAULT_CONFIG,
+    role: Annotated[
+        str,
+        typer.Option(
+            help="all: every workflow and activity; main: all but the code index; "
+            "index: only the code index ([temporal] index_task_queue)"
+        ),
+    ] = "all",
+) -> None:
+    """Run a worker until SIGTERM/SIGINT (running activities get time to finish)."""
     import worker as worker_module
 
     loaded = load_or_exit(config)
+    if role not in worker_module.ROLES:
+        raise fail(f"--role must be one of {', '.join(worker_module.ROLES)}, not {role!r}", 2)
+    if role != "all" and not loaded.temporal.index_task_queue:
+        raise fail(
+            f"--role {role} needs [temporal] index_task_queue (or "
+            "REMEDY_TEMPORAL__INDEX_TASK_QUEUE): without it one worker serves everything",
+            2,
+        )
     _logging()
-    worker_module.main(loaded)
+    worker_module.main(loaded, role)
 
 
 @app.command()

@@ -82,6 +82,14 @@ class DevStack:
     def intake_url(self) -> str:
         return f"http://{self.config.intake.host}:{self.config.intake.port}"
 
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if not self.config.temporal.index_task_queue:
+            # Indexing is CPU-heavy: its own worker process keeps status queries and approval
+            # clicks answered while a large repository is embedded.
+            env["REMEDY_TEMPORAL__INDEX_TASK_QUEUE"] = f"{self.config.temporal.task_queue}-index"
+        return env
+
     def _spawn(self, name: str, argv: list[str]) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
@@ -92,6 +100,7 @@ class DevStack:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env=self._child_env(),
             )
         child = Child(name, process, log)
         self.children.append(child)
@@ -134,7 +143,8 @@ class DevStack:
         )
         deadline = time.monotonic() + timeout_s
         self._wait(lambda: _port_in_use(host, port), "Temporal", deadline)
-        self._spawn("worker", self._remedy("worker"))
+        self._spawn("worker", self._remedy("worker", "--role", "main"))
+        self._spawn("index-worker", self._remedy("worker", "--role", "index"))
         self._spawn("intake", self._remedy("serve"))
         self._wait(self._intake_ready, "intake", deadline)
 
@@ -162,7 +172,7 @@ class DevStack:
     def stop(self, timeout_s: float = 20.0) -> list[str]:
         """Stop every child, newest first; return what did not stop cleanly."""
         problems = []
-        # Reverse start order: intake, worker, then Temporal.
+        # Reverse start order: intake, workers, then Temporal.
         for child in reversed(self.children):
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)

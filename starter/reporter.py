@@ -56,9 +56,11 @@ class TemporalReporter:
         task_queue: str,
         coalesce_interval_s: float,
         ui_url: str,
+        index_task_queue: str | None = None,
     ) -> None:
         self._client = client
         self._task_queue = task_queue
+        self._index_task_queue = index_task_queue
         self._interval = coalesce_interval_s
         self._ui_url = ui_url.rstrip("/")
         self._open: dict[str, _OpenIncident] = {}
@@ -120,7 +122,13 @@ class TemporalReporter:
         self, workflow_id: str, start: IncidentStart, *, count: int
     ) -> tuple[_OpenIncident, bool]:
         """Start the incident, or adopt the one already open. Returns (incident, started)."""
-        start = start.model_copy(update={"occurrences": count, "ui_base_url": self._ui_url})
+        start = start.model_copy(
+            update={
+                "occurrences": count,
+                "ui_base_url": self._ui_url,
+                "index_task_queue": self._index_task_queue,
+            }
+        )
         try:
             self.temporal_calls += 1
             handle = await self._client.start_workflow(

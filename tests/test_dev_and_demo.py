@@ -112,6 +112,9 @@ def test_demo_on_a_running_dev_stack_then_state_survives_a_restart(
     assert "no LLM backend" in status["reason"]
     frames = status["evidence"]["frames"]
     assert any(f["path"] == "shop/cart.py" and f["function"] == "apply_discount" for f in frames)
+    # Related code comes from the code index, served by `remedy dev`'s separate index worker.
+    assert status["evidence"]["related_code"], status["evidence"]
+    assert any(h["phase"] == "indexing" for h in status["history"])
     suspect = status["evidence"]["suspect_commits"][0]
     assert suspect["subject"] == "Support discount codes at checkout"
     assert suspect["author"] == "Bob Builder"

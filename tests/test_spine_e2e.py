@@ -120,10 +120,13 @@ async def intake(client: Client, config: RemedyConfig) -> AsyncIterator[httpx.As
         await reporter.close()
 
 
-async def status_of(http: httpx.AsyncClient, incident_id: str) -> IncidentStatus:
+async def status_of(http: httpx.AsyncClient, incident_id: str) -> IncidentStatus | None:
+    """The incident's status over HTTP; None while its worker is too busy to answer (503)."""
     response = await http.get(
         f"/v1/incidents/{incident_id}", headers={"Authorization": f"Bearer {TOKEN}"}
     )
+    if response.status_code == 503:
+        return None
     assert response.status_code == 200, response.text
     return IncidentStatus.model_validate(response.json())
 
@@ -146,6 +149,8 @@ async def test_error_to_evidence_to_approval_to_pushed_branch(
 
     async def awaiting() -> IncidentStatus | None:
         status = await status_of(intake, incident_id)
+        if status is None:
+            return None
         assert status.phase not in {Phase.FAILED, Phase.TRIAGED}, status.reason
         return status if status.phase == Phase.AWAITING_APPROVAL else None
 
@@ -168,7 +173,7 @@ async def test_error_to_evidence_to_approval_to_pushed_branch(
 
     async def opened() -> IncidentStatus | None:
         status = await status_of(intake, incident_id)
-        return status if status.phase == Phase.PR_OPENED else None
+        return status if status is not None and status.phase == Phase.PR_OPENED else None
 
     final: IncidentStatus = await eventually(opened, timeout_s=60)
     assert final.proposal is not None

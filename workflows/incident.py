@@ -182,6 +182,7 @@ class IncidentWorkflow:
             IndexResult,
             timeout=timedelta(hours=1),
             heartbeat=timedelta(minutes=2),
+            task_queue=start.index_task_queue,
         )
 
         self._set_phase(Phase.INVESTIGATING)
@@ -200,6 +201,7 @@ class IncidentWorkflow:
                 RelatedRequest(**subject.model_dump()),
                 RelatedResult,
                 timeout=timedelta(minutes=5),
+                task_queue=start.index_task_queue,
             )
             if related is not None:
                 evidence = evidence.model_copy(
@@ -410,6 +412,7 @@ class IncidentWorkflow:
             ),
             RecordIncidentResult,
             timeout=timedelta(minutes=5),
+            task_queue=self._start.index_task_queue,
         )
 
     def _raw_error(self) -> str:
@@ -427,6 +430,7 @@ class IncidentWorkflow:
         *,
         timeout: timedelta,
         heartbeat: timedelta | None = None,
+        task_queue: str | None = None,
     ) -> ResultT | None:
         """An enrichment (code index, past incidents): its failure narrows the evidence, it
         never fails the incident."""
@@ -438,6 +442,7 @@ class IncidentWorkflow:
                 timeout=timeout,
                 heartbeat=heartbeat,
                 retry=_SIDE_CHANNEL_RETRY,
+                task_queue=task_queue,
             )
         except ActivityError as err:
             workflow.logger.warning(
@@ -454,6 +459,7 @@ class IncidentWorkflow:
         timeout: timedelta,
         heartbeat: timedelta | None = None,
         retry: RetryPolicy = _DEFAULT_RETRY,
+        task_queue: str | None = None,
     ) -> ResultT:
         result: Any = await workflow.execute_activity(
             activity,
@@ -462,6 +468,7 @@ class IncidentWorkflow:
             start_to_close_timeout=timeout,
             heartbeat_timeout=heartbeat,
             retry_policy=retry,
+            task_queue=task_queue,
         )
         return result
 
