@@ -4,7 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint bench clean
+.PHONY: dev demo test bench clean
+
+# The sample `demo` service's intake token for a local stack only (the intake listens on
+# 127.0.0.1); real services name their own variables in remedy.toml.
+export REMEDY_DEMO_TOKEN ?= remedy-demo-local-only
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +22,9 @@ $(STAMP): $(BIN)/python pyproject.toml clients/python/pyproject.toml
 
 dev: $(STAMP)
 	$(BIN)/remedy dev
+
+demo: $(STAMP)
+	$(BIN)/remedy demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

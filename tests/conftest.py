@@ -29,6 +29,7 @@ for _var in (
     "SLACK_APP_TOKEN",
     "GITHUB_TOKEN",
     "GITHUB_APP_PRIVATE_KEY",
+    "REMEDY_DEMO_TOKEN",
 ):
     os.environ.pop(_var, None)
 
