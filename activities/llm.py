@@ -69,7 +69,6 @@ from remedy.diagnosis import (
     referenced_paths,
     regression_test_prompt,
     rejection_feedback,
-    repo_path,
     validate_diagnosis,
     validate_regression_test,
     window_specs,
@@ -90,6 +89,8 @@ from remedy.models import (
     ToolCallSummary,
     Worktree,
 )
+from remedy.patching import repo_path
+from remedy.redact import redact_text
 
 SearchCode = Callable[[Worktree, str, int], Awaitable[Sequence[RelatedCode]]]
 """The code index: (worktree, query, limit) -> ranked hits. Absent: search_code greps."""
@@ -306,12 +307,14 @@ class RepoTools:
             except Exception as exc:  # the index is an aid: any failure falls back to grep
                 note = f"the code index failed ({type(exc).__name__})"
             else:
-                if not hits:
-                    return f"no indexed code matches {query!r}"
-                return "\n".join(
-                    f"{h.path}:{h.start_line}-{h.end_line} {h.symbol or ''} (score {h.score:.2f})"
-                    for h in hits
-                )
+                if hits:
+                    return "\n".join(
+                        f"{h.path}:{h.start_line}-{h.end_line} {h.symbol or ''} "
+                        f"(score {h.score:.2f})"
+                        for h in hits
+                    )
+                # Not indexed at this commit, or the store is busy indexing: grep still helps.
+                note = "the code index had no answer"
         words = sorted(set(_IDENTIFIER.findall(query)), key=len, reverse=True)[:5]
         if not words:
             raise ToolError("the query holds no identifier to search for")
@@ -367,6 +370,18 @@ class TokenCapReached(Exception):
     pass
 
 
+def _without_secrets(message: ChatMessage) -> ChatMessage:
+    return message.model_copy(
+        update={
+            "text": redact_text(message.text),
+            "tool_results": [
+                result.model_copy(update={"content": redact_text(result.content)})
+                for result in message.tool_results
+            ],
+        }
+    )
+
+
 class Session:
     """The model calls of one activity run: cache, usage, cost, transcript, tool summaries."""
 
@@ -400,6 +415,10 @@ class Session:
         answer: ToolSpec,
         force_answer: bool,
     ) -> Turn:
+        # The one door to a model: whatever reached the transcript (repository code, tool
+        # output, log text), a secret in it stops here and never enters a prompt.
+        system = redact_text(system)
+        messages = [_without_secrets(message) for message in messages]
         request = {
             "backend": backend.name,
             "model": backend.model,

@@ -36,6 +36,7 @@ from remedy.models import (
     Severity,
     Worktree,
 )
+from remedy.patching import EditedFile, repo_path, try_edits
 from remedy.policy import diff_size_violation, scope_violations
 
 BackendName = Literal["ollama", "claude"]
@@ -535,8 +536,9 @@ def rejection_feedback(problems: Sequence[str]) -> str:
     listed = "\n".join(f"- {p}" for p in problems)
     return (
         f"Your answer was rejected:\n{listed}\n"
-        "Fix these problems (read the files again if needed) and answer again in the same "
-        "shape. If there is no safe fix, return an empty edits list."
+        "Fix these problems (read the files again if needed; copy each search text exactly, "
+        "with enough context that it occurs once) and answer again in the same shape. If "
+        "there is no safe fix, return an empty edits list."
     )
 
 
@@ -614,16 +616,6 @@ def parse_regression_test(raw: str | Mapping[str, Any]) -> RegressionTestAnswer:
 # ---------------------------------------------------------------------------- validation
 
 
-def repo_path(path: str) -> str | None:
-    """`path` relative to the repository root, normalised; None if it is absolute or leaves it."""
-    if not path or path.startswith("/") or "\\" in path or "\0" in path:
-        return None
-    normal = posixpath.normpath(path)
-    if normal in {".", ".."} or normal.startswith("../") or ".git" in normal.split("/"):
-        return None
-    return normal
-
-
 def referenced_paths(diagnosis: Diagnosis) -> set[str]:
     """Every valid repository path the diagnosis names: the files validation must read."""
     paths = {repo_path(e.path) for e in diagnosis.evidence} | {
@@ -632,59 +624,36 @@ def referenced_paths(diagnosis: Diagnosis) -> set[str]:
     return {p for p in paths if p}
 
 
-def _occurrences(text: str, search: str) -> int:
-    """0, 1 or 2 (= more than once), counting overlapping matches."""
-    first = text.find(search)
-    if first < 0:
-        return 0
-    return 1 if text.find(search, first + 1) < 0 else 2
+class _TextAtCommit:
+    """The files a diagnosis names, as read at the commit, seen as remedy.patching's base:
+    a text is a regular file, None an absent one."""
+
+    def __init__(self, files: Mapping[str, str | None]) -> None:
+        self._files = files
+
+    def mode(self, path: str) -> str | None:
+        return None if self._files.get(path) is None else "100644"
+
+    def read(self, path: str) -> bytes:
+        return (self._files.get(path) or "").encode("utf-8")
 
 
-_HOW_OFTEN = {0: "not found", 2: "found more than once"}
-
-
-@dataclass
-class PatchedFile:
-    original: str
-    text: str
-
-
-def apply_edits(
+def check_edits(
     edits: Sequence[Edit], files: Mapping[str, str | None], commit: str
-) -> tuple[dict[str, PatchedFile], list[str]]:
-    """Apply `edits` in order: each search text must occur exactly once in the file at the
-    commit and exactly once in the file as the earlier edits left it (prepare_patch's rule)."""
-    short = commit[:12]
-    patched: dict[str, PatchedFile] = {}
+) -> tuple[dict[str, EditedFile], list[str]]:
+    """The edits applied by prepare_patch's rules (remedy.patching), and every problem at once.
+
+    A model's edit must also change something: a replacement equal to its search text is a
+    mistake worth telling it about, even where other edits make the whole change non-empty.
+    """
+    patched, refusals = try_edits(edits, _TextAtCommit(files), f"commit {commit[:12]}")
+    refused = {refusal.edit: str(refusal) for refusal in refusals}
     problems: list[str] = []
     for number, edit in enumerate(edits, start=1):
-        label = f"edit {number} ({edit.path})"
-        path = repo_path(edit.path)
-        if path is None:
-            problems.append(f"{label}: the path must be relative and stay inside the repository")
-            continue
-        original = files.get(path)
-        if original is None:
-            problems.append(f"{label}: no such file at commit {short} (edit an existing file)")
-            continue
-        current = patched.setdefault(path, PatchedFile(original, original))
-        at_commit = _occurrences(original, edit.search)
-        if at_commit != 1:
-            problems.append(
-                f"{label}: the search text is {_HOW_OFTEN[at_commit]} in the file at commit "
-                f"{short} (it must occur exactly once; copy it exactly, with more context)"
-            )
-            continue
-        if _occurrences(current.text, edit.search) != 1:
-            problems.append(f"{label}: the search text overlaps an earlier edit of the same file")
-            continue
-        if edit.search == edit.replace:
-            problems.append(f"{label}: the replacement equals the search text")
-            continue
-        offset = current.text.find(edit.search)
-        current.text = (
-            current.text[:offset] + edit.replace + current.text[offset + len(edit.search) :]
-        )
+        if number in refused:
+            problems.append(refused[number])
+        elif edit.search == edit.replace:
+            problems.append(f"edit {number} ({edit.path}): the replacement equals the search text")
     return patched, problems
 
 
@@ -741,7 +710,7 @@ def validate_diagnosis(
         e.model_copy(update={"path": p}) for e in diagnosis.edits if (p := repo_path(e.path))
     ]
     problems.extend(scope_violations(in_repo, policy))
-    patched, edit_problems = apply_edits(diagnosis.edits, files, commit)
+    patched, edit_problems = check_edits(diagnosis.edits, files, commit)
     problems.extend(edit_problems)
     added = removed = 0
     for path, file in patched.items():

@@ -686,3 +686,23 @@ async def test_no_regression_test_without_a_backend_or_tokens(shop: Shop) -> Non
         spent.write_regression_test, regression_request(shop, tokens_used=1_000)
     )
     assert result.rate_limited and result.test is None
+
+
+async def test_secrets_never_reach_the_model(shop: Shop) -> None:
+    token = "ghp_" + "a1b2c3d4e5" * 4
+    shop.ollama.script(
+        ollama_fake.tool_call("read_file", path="app/cart.py", start=1, end=3),
+        ollama_fake.answer(good()),
+    )
+    request = shop.request(
+        error=ErrorInfo(type="KeyError", message=f"'qty' (client token {token})"),
+        evidence=Evidence(
+            summary="total() raised KeyError; DSN postgres://app:hunter2@db/shop",
+            frames=[FrameEvidence(path="app/cart.py", line=2, function="total")],
+        ),
+    )
+    result = await diagnose(shop.activities(shop.config()), request)
+    assert result.diagnosis is not None
+    sent = json.dumps(shop.ollama.chats)
+    assert token not in sent and "hunter2" not in sent
+    assert "[REDACTED]" in sent

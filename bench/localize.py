@@ -1,0 +1,283 @@
+"""Fault localization on real bugs: does the evidence point at the code the real fix changed?
+
+For each case of /work/shared/bench/realbugs (real tracebacks of real bugs in 12 open-source
+Python projects) the buggy tree becomes a git repository and the error goes through the
+pipeline an incident takes: `build_incident_start` (redaction, traceback parsing, in-app
+marking) on an ErrorEvent made of the error type, message and traceback; then the real
+`sync_repo`, `index_repo`, `investigate` and `find_related` activities. The evidence is ranked
+by remedy.evidence and compared with the answer key (`fix_files`, `fix_functions`), which
+only this scoring reads:
+
+- file: a fix file among `ranked_files(evidence, 5)`;
+- function: a fix function among `ranked_chunks(evidence, 10)`. A frame names a function
+  the way its traceback printed it (`initialize`, never `IOLoop.initialize`), so a chunk
+  `path::name` also matches a fix function `path::Cls.name` of the same file.
+
+The baseline is the same evidence with the stack frames only (no suspect commits, no code
+index). One persistent index store serves every case: chunks are content-addressed per
+project, so the next buggy commit of a project embeds only what changed.
+
+    nice .venv/bin/python bench/localize.py [--kind exception] [--cases ID,ID] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from temporalio.testing import ActivityEnvironment
+
+from activities.git import GitActivities
+from activities.index import IndexActivities
+from remedy.artifacts import ArtifactStore
+from remedy.config import RemedyConfig, ServiceConfig
+from remedy.evidence import ranked_chunks, ranked_files
+from remedy.intake import build_incident_start
+from remedy.models import (
+    ErrorEvent,
+    ErrorInfo,
+    Evidence,
+    IndexRequest,
+    IndexResult,
+    InvestigateRequest,
+    RelatedRequest,
+    RelatedResult,
+    SyncRequest,
+    Worktree,
+)
+
+REALBUGS = Path("/work/shared/bench/realbugs")
+FILE_TOP = 5
+FUNCTION_TOP = 10
+MAX_MESSAGE_CHARS = 16_384  # ErrorInfo.message's limit; clients clip longer messages
+
+
+@dataclass
+class Outcome:
+    case: str
+    project: str
+    kind: str
+    file_rank: int | None
+    function_rank: int | None
+    baseline_file_rank: int | None
+    baseline_function_rank: int | None
+    index: IndexResult
+    seconds: float
+    files: list[str]
+    chunks: list[str]
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    )
+    return done.stdout.strip()
+
+
+def load_cases(kind: str | None, only: Sequence[str]) -> list[dict[str, Any]]:
+    cases = [json.loads(line) for line in (REALBUGS / "cases.jsonl").read_text().splitlines()]
+    if only:
+        unknown = set(only) - {c["id"] for c in cases}
+        if unknown:
+            raise SystemExit(f"--cases: no such case {', '.join(sorted(unknown))}")
+        cases = [c for c in cases if c["id"] in only]
+    if kind:
+        cases = [c for c in cases if c["kind"] == kind]
+    # Exception cases first: they are the target, and the rest may not finish in time.
+    return sorted(cases, key=lambda c: (c["kind"] != "exception", c["project"], c["id"]))
+
+
+def service_name(project: str) -> str:
+    return project.lower().replace(".", "-")
+
+
+def project_repository(case: dict[str, Any], work: Path) -> tuple[Path, str]:
+    """The case's buggy tree as a fresh one-commit repository at a path fixed per project (the
+    index keys a repository by its location, so every case of a project shares vectors)."""
+    repo = work / "projects" / service_name(case["project"])
+    shutil.rmtree(repo, ignore_errors=True)
+    repo.mkdir(parents=True)
+    prefix = f"{case['id']}/"
+    with tarfile.open(REALBUGS / "trees" / f"{case['id']}.tar.gz") as archive:
+        members = []
+        for member in archive.getmembers():
+            if not member.name.startswith(prefix) or not (member.isfile() or member.isdir()):
+                continue
+            member.name = member.name[len(prefix) :]
+            if member.name:
+                members.append(member)
+        archive.extractall(repo, members=members, filter="data")
+    git(repo, "init", "--quiet", "--initial-branch=main")
+    git(repo, "add", "--all", "--force")
+    message = f"{case['project']} at {case['buggy_commit']}"
+    git(repo, "-c", "user.name=realbugs", "-c", "user.email=realbugs@example.com",
+        "commit", "--quiet", "--no-verify", "-m", message)  # fmt: skip
+    return repo, git(repo, "rev-parse", "HEAD")
+
+
+def config_for(work: Path, services: dict[str, Path]) -> RemedyConfig:
+    config = RemedyConfig(
+        home=str(work / "home"),
+        services={name: ServiceConfig(repo=str(path)) for name, path in services.items()},
+    )
+    config.qdrant.path = str(work / "index")
+    # Every buggy commit of a project stays answerable, so later cases reuse its vectors.
+    config.qdrant.keep_commits = 1000
+    return config
+
+
+def rank_of(found: Sequence[str], wanted: Sequence[str], match: Any) -> int | None:
+    for rank, item in enumerate(found, start=1):
+        if any(match(item, target) for target in wanted):
+            return rank
+    return None
+
+
+def same_function(chunk: str, fix: str) -> bool:
+    path, _, symbol = chunk.partition("::")
+    fix_path, _, fix_symbol = fix.partition("::")
+    return path == fix_path and (symbol == fix_symbol or fix_symbol.endswith(f".{symbol}"))
+
+
+def run_case(case: dict[str, Any], work: Path) -> Outcome:
+    started = time.perf_counter()
+    service = service_name(case["project"])
+    repo, commit = project_repository(case, work)
+    config = config_for(work, {service: repo})
+    store = ArtifactStore(config.artifacts_dir)
+    env = ActivityEnvironment()
+    gits = GitActivities(config, store)
+    index = IndexActivities(config, store)
+
+    event = ErrorEvent(
+        service=service,
+        release=commit,
+        error=ErrorInfo(type=case["error_type"], message=case["error_message"][:MAX_MESSAGE_CHARS]),
+        traceback=case["traceback"],
+    )
+    start = build_incident_start(event, config)
+    incident = f"bench-{case['id']}"
+    worktree: Worktree = env.run(
+        gits.sync_repo, SyncRequest(incident_id=incident, service=service, release=commit)
+    )
+    indexed: IndexResult = env.run(
+        index.index_repo, IndexRequest(worktree=worktree, incident_id=incident)
+    )
+    # What the workflow hands both activities: the incident's error and parsed frames.
+    about: dict[str, Any] = {
+        "incident_id": incident,
+        "worktree": worktree,
+        "error": start.event.error,
+        "frames": start.event.frames,
+    }
+    evidence: Evidence = env.run(gits.investigate, InvestigateRequest(**about))
+    related: RelatedResult = env.run(index.find_related, RelatedRequest(**about))
+    full = evidence.model_copy(
+        update={
+            "related_code": related.related_code,
+            "similar_incidents": related.similar_incidents,
+        }
+    )
+    baseline = Evidence(summary=evidence.summary, frames=evidence.frames)
+    files, chunks = ranked_files(full, FILE_TOP), ranked_chunks(full, FUNCTION_TOP)
+    # The answer key is read here, after the pipeline, and nowhere else.
+    fix_files, fix_functions = case["fix_files"], case["fix_functions"]
+    return Outcome(
+        case=case["id"],
+        project=case["project"],
+        kind=case["kind"],
+        file_rank=rank_of(files, fix_files, str.__eq__),
+        function_rank=rank_of(chunks, fix_functions, same_function),
+        baseline_file_rank=rank_of(ranked_files(baseline, FILE_TOP), fix_files, str.__eq__),
+        baseline_function_rank=rank_of(
+            ranked_chunks(baseline, FUNCTION_TOP), fix_functions, same_function
+        ),
+        index=indexed,
+        seconds=time.perf_counter() - started,
+        files=files,
+        chunks=chunks,
+    )
+
+
+def _mark(rank: int | None) -> str:
+    return f"#{rank}" if rank else "-"
+
+
+def _share(outcomes: Sequence[Outcome], attribute: str) -> str:
+    hits = sum(1 for o in outcomes if getattr(o, attribute) is not None)
+    return f"{hits}/{len(outcomes)} ({100 * hits / len(outcomes):.0f}%)" if outcomes else "-"
+
+
+def summary(outcomes: Sequence[Outcome]) -> list[str]:
+    rows = [
+        f"{'kind':<10} {'cases':>5}  {'file@5 full':>14} {'file@5 frames':>14}  "
+        f"{'func@10 full':>14} {'func@10 frames':>14}"
+    ]
+    groups = [
+        (kind, [o for o in outcomes if o.kind == kind]) for kind in ("exception", "assertion")
+    ]
+    for kind, group in [*groups, ("all", list(outcomes))]:
+        if not group:
+            continue
+        rows.append(
+            f"{kind:<10} {len(group):>5}  {_share(group, 'file_rank'):>14} "
+            f"{_share(group, 'baseline_file_rank'):>14}  {_share(group, 'function_rank'):>14} "
+            f"{_share(group, 'baseline_function_rank'):>14}"
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", choices=["exception", "assertion"])
+    parser.add_argument("--cases", default="", help="comma-separated case ids")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path(__file__).resolve().parent / "out" / "localize",
+        help="scratch repositories and the persistent index store",
+    )
+    parser.add_argument("--json", type=Path, help="also write every outcome here")
+    arguments = parser.parse_args()
+    cases = load_cases(arguments.kind, [c for c in arguments.cases.split(",") if c])
+    arguments.work.mkdir(parents=True, exist_ok=True)
+    print(
+        f"{'case':<18} {'kind':<9} {'file':>4} {'func':>4} | {'base file':>9} {'base func':>9} "
+        f"| {'chunks':>6} {'embedded':>8} {'index s':>7} {'total s':>7}",
+        flush=True,
+    )
+    outcomes: list[Outcome] = []
+    for case in cases:
+        outcome = run_case(case, arguments.work)
+        outcomes.append(outcome)
+        print(
+            f"{outcome.case:<18} {outcome.kind:<9} {_mark(outcome.file_rank):>4} "
+            f"{_mark(outcome.function_rank):>4} | {_mark(outcome.baseline_file_rank):>9} "
+            f"{_mark(outcome.baseline_function_rank):>9} | {outcome.index.chunks:>6} "
+            f"{outcome.index.embedded:>8} {outcome.index.seconds:>7.1f} {outcome.seconds:>7.1f}",
+            flush=True,
+        )
+    print()
+    print("\n".join(summary(outcomes)))
+    if arguments.json:
+        arguments.json.write_text(
+            json.dumps(
+                [{**vars(o), "index": o.index.model_dump()} for o in outcomes],
+                indent=1,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
