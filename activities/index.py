@@ -24,6 +24,7 @@ from activities.index_store import EdgeStore, ServerStore, StoreError, VectorSto
 from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig, secret
+from remedy.evidence import is_test_path
 from remedy.models import (
     Frame,
     IndexRequest,
@@ -144,7 +145,7 @@ class IndexActivities:
             functions = " ".join(f.function for f in request.frames if f.function)
             with self._index() as index:
                 hits = index.search(
-                    repo, worktree.commit, [q for _, q in queries], 2 * request.limit + 8
+                    repo, worktree.commit, [q for _, q in queries], 3 * request.limit + 8
                 )
                 similar = index.similar_incidents(
                     worktree.service, f"{error_text}\n{functions}", 5, request.incident_id
@@ -153,7 +154,11 @@ class IndexActivities:
             raise _failure(exc, f"searching the index of {worktree.service}") from None
 
         frame_hits = [h for h in hits if _is_frame(h, located)]
-        related = [h for h in hits if not _is_frame(h, located)][: request.limit]
+        # When the failure surfaces in a test, the queries come from test code and retrieve
+        # more tests; the code under test is what explains it, so it goes first (stable order
+        # by score within each group).
+        beyond_frames = [h for h in hits if not _is_frame(h, located)]
+        related = sorted(beyond_frames, key=lambda h: is_test_path(h.path))[: request.limit]
         similar_incidents = [
             SimilarIncident(
                 incident_id=str(h.payload.get("incident_id", "")),

@@ -39,8 +39,8 @@ from activities.git import git_env
 from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
-from remedy.diagnosis import repo_path
 from remedy.models import ArtifactRef, CommandRun, VerificationResult, VerifyRequest
+from remedy.patching import repo_path
 
 HEARTBEAT_INTERVAL_S = 2.0
 GIT_TIMEOUT_S = 300.0

@@ -372,7 +372,7 @@ def window_specs(evidence: Evidence) -> list[WindowSpec]:
     """The code worth showing up front: the innermost located frames, then related code."""
     specs: list[WindowSpec] = []
     frames = [f for f in evidence.frames if f.found and f.line is not None]
-    for frame in reversed(frames[-MAX_FRAME_WINDOWS:]):
+    for frame in frames[:MAX_FRAME_WINDOWS]:  # Evidence lists frames innermost first
         line = frame.line or 1
         start = frame.start_line or max(line - WINDOW_RADIUS, 1)
         end = frame.end_line or line + WINDOW_RADIUS

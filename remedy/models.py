@@ -204,7 +204,11 @@ class SimilarIncident(BaseModel):
 
 class Evidence(BaseModel):
     summary: str
-    frames: list[FrameEvidence] = Field(default_factory=list)
+    frames: list[FrameEvidence] = Field(
+        default_factory=list,
+        description="Located in-app frames, innermost FIRST (most telling first), unlike the "
+        "event's frames, which keep the traceback's innermost-last order",
+    )
     suspect_commits: list[SuspectCommit] = Field(default_factory=list)
     related_code: list[RelatedCode] = Field(default_factory=list)
     similar_incidents: list[SimilarIncident] = Field(default_factory=list)

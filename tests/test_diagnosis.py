@@ -188,14 +188,14 @@ def test_prompt_holds_no_incident_id_so_identical_incidents_share_the_cache() ->
 
 
 def test_windows_show_the_innermost_frames_first_then_related_code() -> None:
-    evidence = Evidence(
+    evidence = Evidence(  # frames innermost first, as investigate returns them
         summary="",
         frames=[
-            FrameEvidence(path="app/api.py", line=10, function="checkout"),
-            FrameEvidence(path="app/gone.py", line=3, found=False),
             FrameEvidence(
                 path="app/cart.py", line=40, function="total", start_line=35, end_line=60
             ),
+            FrameEvidence(path="app/gone.py", line=3, found=False),
+            FrameEvidence(path="app/api.py", line=10, function="checkout"),
         ],
         related_code=[RelatedCode(path="app/prices.py", start_line=1, end_line=500, score=0.7)],
     )

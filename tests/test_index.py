@@ -338,3 +338,40 @@ async def test_index_repo_resumes_from_its_heartbeat(
     assert result.embedded == result.chunks and result.reused == 0
     # The retry embedded only what the lost attempt had not stored.
     assert beats[-1]["total"] == result.chunks
+
+
+async def test_a_failing_test_finds_the_code_under_test_before_other_tests(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    repo = Repo(tmp_path / "shop")
+    test_cart = (
+        "from app.cart import cart_total\n\n\n"
+        "def test_cart_total_counts_quantities():\n"
+        "    assert cart_total([{'price': 2, 'qty': 3}]) == 6\n\n\n"
+        "def test_cart_total_of_nothing():\n"
+        "    assert cart_total([]) == 0\n"
+    )
+    test_users = "def test_cart_total_for_users():\n    assert cart_total([]) == 0\n"
+    sha = repo.commit(
+        {"app/cart.py": CART, "tests/test_cart.py": test_cart, "tests/test_users.py": test_users}
+    )
+    config = _config(tmp_path, repo)
+    acts = IndexActivities(config, ArtifactStore(config.artifacts_dir))
+    env = ActivityEnvironment()
+    env.run(acts.index_repo, IndexRequest(worktree=_worktree(repo, sha)))
+    related = env.run(
+        acts.find_related,
+        RelatedRequest(
+            incident_id="shop-0123456789abcdef-00000002",
+            worktree=_worktree(repo, sha),
+            error=ErrorInfo(type="AssertionError", message="assert 5 == 6"),
+            frames=[
+                Frame(
+                    file="tests/test_cart.py", line=5, function="test_cart_total_counts_quantities"
+                )
+            ],
+            limit=3,
+        ),
+    )
+    paths = [c.path for c in related.related_code]
+    assert paths and paths[0] == "app/cart.py", paths
