@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.loopback_thread import LoopbackServer
+from tests.fakes.loopback_thread import ScriptedServer
 
 API_KEY = "sk-ant-loopback-key"
 DEFAULT_MODEL = "claude-sonnet-4-5"
@@ -111,43 +109,25 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-class AnthropicServer(LoopbackServer):
+class AnthropicServer(ScriptedServer[ClaudeReply]):
     def __init__(
         self,
         *,
         api_key: str = API_KEY,
         responder: Callable[[dict[str, Any]], ClaudeReply] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(responder)
         self.api_key = api_key
-        self.responder = responder
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
-        self._replies: deque[ClaudeReply] = deque()
-        self._replies_lock = threading.Lock()
         self._ids = itertools.count(1)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def script(self, *replies: ClaudeReply) -> None:
-        with self._replies_lock:
-            self._replies.extend(replies)
-
-    def clear(self) -> None:
-        """Forget scripted replies, recorded requests and faults (between tests)."""
-        with self._replies_lock:
-            self._replies.clear()
-        with self._lock:
-            self._faults.clear()
+    def forget_requests(self) -> None:
         self.requests.clear()
         self.headers.clear()
 
-    @property
-    def pending(self) -> int:
-        with self._replies_lock:
-            return len(self._replies)
+    def exhausted(self, body: dict[str, Any]) -> ClaudeReply:
+        return error(500, "api_error", "loopback Anthropic: no scripted reply left")
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._messages)
@@ -203,14 +183,6 @@ class AnthropicServer(LoopbackServer):
             return f"tool_choice.name: no tool named {choice.get('name')!r} in tools"
         return None
 
-    def _next_reply(self, body: dict[str, Any]) -> ClaudeReply:
-        with self._replies_lock:
-            if self._replies:
-                return self._replies.popleft()
-        if self.responder is not None:
-            return self.responder(body)
-        return error(500, "api_error", "loopback Anthropic: no scripted reply left")
-
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         if not self._authorised(request):
             return self._error(401, "authentication_error", "invalid x-api-key")
@@ -223,7 +195,7 @@ class AnthropicServer(LoopbackServer):
         await self.after_write(request, fault)
         if problem := self._conversation_problem(body):
             return self._error(400, "invalid_request_error", problem)
-        reply = self._next_reply(body)
+        reply = self.next_reply(body)
         if reply.error_type is not None and not reply.in_stream:
             extra = {"retry-after": str(reply.retry_after)} if reply.retry_after is not None else {}
             return self._error(reply.status, reply.error_type, reply.message, **extra)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 
@@ -142,3 +143,52 @@ class LoopbackServer:
                 raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
             await asyncio.sleep(0.02)
         return value
+
+
+ReplyT = TypeVar("ReplyT")
+
+
+class ScriptedServer(LoopbackServer, Generic[ReplyT]):
+    """A model fake: each request takes the next scripted reply, or asks `responder` when the
+    queue is empty, or gets `exhausted(body)` (a loud error) when there is neither."""
+
+    def __init__(self, responder: Callable[[dict[str, Any]], ReplyT] | None) -> None:
+        super().__init__()
+        self.responder = responder
+        self._replies: deque[ReplyT] = deque()
+        self._replies_lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def script(self, *replies: ReplyT) -> None:
+        with self._replies_lock:
+            self._replies.extend(replies)
+
+    def clear(self) -> None:
+        """Forget scripted replies, recorded requests and faults (between tests)."""
+        with self._replies_lock:
+            self._replies.clear()
+        with self._lock:
+            self._faults.clear()
+        self.forget_requests()
+
+    def forget_requests(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def pending(self) -> int:
+        with self._replies_lock:
+            return len(self._replies)
+
+    def exhausted(self, body: dict[str, Any]) -> ReplyT:
+        raise NotImplementedError
+
+    def next_reply(self, body: dict[str, Any]) -> ReplyT:
+        with self._replies_lock:
+            if self._replies:
+                return self._replies.popleft()
+        if self.responder is not None:
+            return self.responder(body)
+        return self.exhausted(body)

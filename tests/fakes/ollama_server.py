@@ -17,15 +17,13 @@ middle of a stream is a JSON line with `error`. Faults from LoopbackServer apply
 from __future__ import annotations
 
 import json
-import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.loopback_thread import LoopbackServer
+from tests.fakes.loopback_thread import ScriptedServer
 
 DEFAULT_MODEL = "qwen2.5-coder:7b"
 CREATED_AT = "2026-01-05T09:00:00.000000Z"
@@ -61,40 +59,22 @@ def error(status: int, message: str) -> OllamaReply:
     return OllamaReply(status=status, error=message)
 
 
-class OllamaServer(LoopbackServer):
+class OllamaServer(ScriptedServer[OllamaReply]):
     def __init__(
         self,
         *,
         models: tuple[str, ...] = (DEFAULT_MODEL,),
         responder: Callable[[dict[str, Any]], OllamaReply] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(responder)
         self.models = list(models)
-        self.responder = responder
         self.chats: list[dict[str, Any]] = []
-        self._replies: deque[OllamaReply] = deque()
-        self._replies_lock = threading.Lock()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def script(self, *replies: OllamaReply) -> None:
-        with self._replies_lock:
-            self._replies.extend(replies)
-
-    def clear(self) -> None:
-        """Forget scripted replies, recorded chats and faults (between tests)."""
-        with self._replies_lock:
-            self._replies.clear()
-        with self._lock:
-            self._faults.clear()
+    def forget_requests(self) -> None:
         self.chats.clear()
 
-    @property
-    def pending(self) -> int:
-        with self._replies_lock:
-            return len(self._replies)
+    def exhausted(self, body: dict[str, Any]) -> OllamaReply:
+        return error(500, "loopback Ollama: no scripted reply left for this chat")
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._root)
@@ -124,14 +104,6 @@ class OllamaServer(LoopbackServer):
         ]
         return web.json_response({"models": models})
 
-    def _next_reply(self, body: dict[str, Any]) -> OllamaReply:
-        with self._replies_lock:
-            if self._replies:
-                return self._replies.popleft()
-        if self.responder is not None:
-            return self.responder(body)
-        return error(500, "loopback Ollama: no scripted reply left for this chat")
-
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.chats.append(body)
@@ -146,7 +118,7 @@ class OllamaServer(LoopbackServer):
             )
         if not isinstance(body.get("messages"), list):
             return web.json_response({"error": "messages is required"}, status=400)
-        reply = self._next_reply(body)
+        reply = self.next_reply(body)
         if reply.error is not None and reply.status != 200:
             return web.json_response({"error": reply.error}, status=reply.status)
         message: dict[str, Any] = {"role": "assistant", "content": reply.content}
