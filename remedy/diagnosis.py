@@ -34,7 +34,6 @@ from remedy.models import (
     RegressionTestRequest,
     ServicePolicy,
     Severity,
-    Worktree,
 )
 from remedy.patching import EditedFile, repo_path, try_edits
 from remedy.policy import diff_size_violation, scope_violations
@@ -447,14 +446,17 @@ def _scope_text(policy: ServicePolicy) -> str:
 
 def _incident_sections(
     builder: _PromptBuilder,
-    *,
-    worktree: Worktree,
-    severity: Severity,
-    error_text: str,
-    frames: Sequence[Frame],
-    evidence: Evidence,
+    request: DiagnoseRequest | RegressionTestRequest,
     windows: Sequence[CodeWindow],
 ) -> None:
+    """What both prompts show of the incident: error, stack, evidence, code."""
+    worktree, severity, frames, evidence = (
+        request.worktree,
+        request.severity,
+        request.frames,
+        request.evidence,
+    )
+    error_text = _error_text(request.error.type, request.error.message, request.error.code)
     builder.add(
         f"# Incident\nService: {worktree.service}\nCommit: {worktree.commit}\n"
         f"Severity: {severity.value}",
@@ -494,15 +496,7 @@ def diagnosis_prompt(
     cached answers."""
     scope, closing = _scope_text(request.policy), "Investigate with the tools, then answer."
     builder = _PromptBuilder(max_chars - len(scope) - len(closing))
-    _incident_sections(
-        builder,
-        worktree=request.worktree,
-        severity=request.severity,
-        error_text=_error_text(request.error.type, request.error.message, request.error.code),
-        frames=request.frames,
-        evidence=request.evidence,
-        windows=windows,
-    )
+    _incident_sections(builder, request, windows)
     return "\n\n".join([*builder.parts, scope, closing]) + "\n"
 
 
@@ -520,15 +514,7 @@ def regression_test_prompt(
     fix = "## The proposed fix\n" + fence("FIX", clip(proposed, 12_000))
     closing = "Write the regression test now."
     builder = _PromptBuilder(max_chars - len(fix) - len(closing))
-    _incident_sections(
-        builder,
-        worktree=request.worktree,
-        severity=request.severity,
-        error_text=_error_text(request.error.type, request.error.message, request.error.code),
-        frames=request.frames,
-        evidence=request.evidence,
-        windows=windows,
-    )
+    _incident_sections(builder, request, windows)
     return "\n\n".join([*builder.parts, fix, closing]) + "\n"
 
 
