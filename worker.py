@@ -32,51 +32,18 @@ def build_activities(config: RemedyConfig, store: ArtifactStore) -> list[Callabl
     from activities.forge import LocalForge
     from activities.git import GitActivities
     from activities.github import GitHubActivities
-    from activities.index import IndexActivities, code_index, open_vector_store, repo_key
-    from activities.index_store import EdgeStore, StoreError, VectorStore
+    from activities.index import IndexActivities
     from activities.llm import DiagnosisActivities
     from activities.sandbox import SandboxActivities
     from activities.slack import SlackActivities
-    from remedy.models import RelatedCode, Worktree
 
-    def search_store() -> VectorStore:
-        # A model's tool call must not queue behind an index run holding the embedded store:
-        # after two seconds it greps instead.
-        if config.qdrant.url:
-            return open_vector_store(config)
-        return EdgeStore(config.home_dir / config.qdrant.path, lock_timeout_s=2.0)
-
-    def search_index(worktree: Worktree, query: str, limit: int) -> list[RelatedCode]:
-        repo = repo_key(config, worktree.service, worktree.path)
-        try:
-            with code_index(config, search_store) as code:
-                if worktree.commit not in code.indexed_commits(repo):
-                    return []
-                hits = code.search(repo, worktree.commit, [query], limit)[:limit]
-        except StoreError:
-            return []  # busy or down: the tool greps instead
-        return [
-            RelatedCode(
-                path=h.path,
-                symbol=h.symbol,
-                start_line=h.start_line,
-                end_line=h.end_line,
-                score=round(h.score, 4),
-            )
-            for h in hits
-        ]
-
-    async def search_code(worktree: Worktree, query: str, limit: int) -> list[RelatedCode]:
-        """The model's search_code tool, answered by the code index at the incident's commit."""
-        return await asyncio.to_thread(search_index, worktree, query, limit)
-
+    index = IndexActivities(config, store)
     git = GitActivities(config, store)
     forge = LocalForge(config, store)
     github = GitHubActivities(config, store)
     slack = SlackActivities(config, store)
-    diagnosis = DiagnosisActivities(config, store, search_code=search_code)
+    diagnosis = DiagnosisActivities(config, store, search_code=index.search_code)
     sandbox = SandboxActivities(config, store)
-    index = IndexActivities(config, store)
     return [
         index.index_repo,
         index.find_related,

@@ -8,6 +8,7 @@ life of the process (activities.index_embed.get_embedder).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -103,6 +104,31 @@ class IndexActivities:
     def _index(self) -> contextlib.AbstractContextManager[CodeIndex]:
         return code_index(self.config, self._vector_store)
 
+    # -- the model's search_code tool ----------------------------------------
+
+    async def search_code(self, worktree: Worktree, query: str, limit: int) -> list[RelatedCode]:
+        """Answer the diagnosis tool from the index at the incident's commit; [] (the tool then
+        greps) when that commit is not indexed or the store is busy or down."""
+        return await asyncio.to_thread(self._search_code, worktree, query, limit)
+
+    def _search_code(self, worktree: Worktree, query: str, limit: int) -> list[RelatedCode]:
+        repo = repo_key(self.config, worktree.service, worktree.path)
+        try:
+            with code_index(self.config, self._tool_store) as index:
+                if worktree.commit not in index.indexed_commits(repo):
+                    return []
+                hits = index.search(repo, worktree.commit, [query], limit)[:limit]
+        except StoreError:
+            return []
+        return [_related_code(h) for h in hits]
+
+    def _tool_store(self) -> VectorStore:
+        # A model's tool call must not queue behind an index run holding the embedded store:
+        # after two seconds it greps instead.
+        if self.config.qdrant.url:
+            return open_vector_store(self.config)
+        return EdgeStore(self.config.home_dir / self.config.qdrant.path, lock_timeout_s=2.0)
+
     # -- index_repo -----------------------------------------------------------
 
     @activity.defn(name=names.ACTIVITY_INDEX_REPO)
@@ -184,16 +210,7 @@ class IndexActivities:
             },
         )
         return RelatedResult(
-            related_code=[
-                RelatedCode(
-                    path=h.path,
-                    symbol=h.symbol,
-                    start_line=h.start_line,
-                    end_line=h.end_line,
-                    score=round(h.score, 4),
-                )
-                for h in related
-            ],
+            related_code=[_related_code(h) for h in related],
             similar_incidents=similar_incidents,
             frame_chunks=len(frame_hits),
             artifact=ref,
@@ -298,3 +315,13 @@ def _is_frame(hit: CodeHit, located: Sequence[_Located]) -> bool:
 def _incident_details(payload: dict[str, Any]) -> dict[str, Any]:
     keys = ("fingerprint", "error_type", "error_message", "root_cause", "reason", "patch")
     return {key: payload.get(key) for key in keys}
+
+
+def _related_code(hit: CodeHit) -> RelatedCode:
+    return RelatedCode(
+        path=hit.path,
+        symbol=hit.symbol,
+        start_line=hit.start_line,
+        end_line=hit.end_line,
+        score=round(hit.score, 4),
+    )
