@@ -41,24 +41,26 @@ async def find_incident(
         workflow_id, run = names.parse_incident_id(incident_id)
     except ValueError as exc:
         raise IncidentNotFound(str(exc)) from None
-    async for execution in client.list_workflows(f"WorkflowId = {_quote(workflow_id)}"):
-        if run is None or names.run_tag(execution.run_id) == run:
-            return client.get_workflow_handle_for(
-                IncidentWorkflow.run, workflow_id, run_id=execution.run_id
-            )
-    # Visibility can lag a start by a moment; the execution itself is authoritative.
-    handle = client.get_workflow_handle_for(IncidentWorkflow.run, workflow_id)
+    # The latest run first: one cheap, authoritative call that answers almost every lookup
+    # (visibility can also lag a start by a moment). Older incidents of the same
+    # fingerprint are found through visibility.
     try:
-        description = await handle.describe()
+        latest = await client.get_workflow_handle(workflow_id).describe()
     except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise IncidentNotFound(f"no incident {incident_id!r}") from None
-        raise
-    if run is not None and names.run_tag(description.run_id) != run:
-        raise IncidentNotFound(f"no incident {incident_id!r}")
-    return client.get_workflow_handle_for(
-        IncidentWorkflow.run, workflow_id, run_id=description.run_id
-    )
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+    else:
+        if run is None or names.run_tag(latest.run_id) == run:
+            return client.get_workflow_handle_for(
+                IncidentWorkflow.run, workflow_id, run_id=latest.run_id
+            )
+    if run is not None:
+        async for execution in client.list_workflows(f"WorkflowId = {_quote(workflow_id)}"):
+            if names.run_tag(execution.run_id) == run:
+                return client.get_workflow_handle_for(
+                    IncidentWorkflow.run, workflow_id, run_id=execution.run_id
+                )
+    raise IncidentNotFound(f"no incident {incident_id!r}")
 
 
 async def incident_status(client: Client, incident_id: str) -> IncidentStatus:

@@ -12,6 +12,7 @@ from temporalio.worker import Worker
 
 from remedy import names
 from remedy.models import Phase
+from starter.incidents import IncidentNotFound, find_incident
 from starter.reporter import TemporalReporter
 from tests.workflow_harness import FakeActivities, eventually, make_start, wait_for_phase
 from workflows.incident import IncidentWorkflow
@@ -97,3 +98,13 @@ async def test_reports_after_an_incident_closed_open_the_next_one(
     status = await wait_for_phase(latest, Phase.TRIAGED)
     assert status.incident_id != first.incident_id
     assert status.occurrences == 3
+
+    # The closed incident is still found by its id (through visibility, not the latest run).
+    async def closed_found() -> bool:
+        try:
+            earlier = await find_incident(client, first.incident_id)
+        except IncidentNotFound:
+            return False
+        return (await earlier.query(IncidentWorkflow.status)).incident_id == first.incident_id
+
+    await eventually(closed_found)
