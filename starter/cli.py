@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -313,7 +314,24 @@ _register_plugins()
 
 
 def main() -> None:
-    app()
+    """Run the command, then leave without interpreter finalization.
+
+    The Temporal client's Rust runtime keeps threads that can crash CPython's finalization of
+    a short-lived process (a segfault after the command's output, seen here on `remedy demo`;
+    temporalio/sdk-python#300). Every command has finished its own shutdown by now, so only
+    the standard streams and logging need flushing.
+    """
+    try:
+        app()
+        code = 0
+    except SystemExit as exit_:
+        if isinstance(exit_.code, str):
+            print(exit_.code, file=sys.stderr)
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
