@@ -81,3 +81,14 @@ def parse_incident_id(incident_id: str) -> tuple[str, str | None]:
             "<service>-<16 hex fingerprint>[-<8 hex run tag>]"
         )
     return workflow_id_for(match["service"], match["fingerprint"]), match["run"]
+
+
+# One path component: incident ids and artifact key parts become folder and file names.
+SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def safe_id(value: str, what: str) -> str:
+    """`value` when it is safe as one path component; ValueError naming `what` otherwise."""
+    if not SAFE_ID.match(value) or value in {".", ".."}:
+        raise ValueError(f"{what} {value!r} must be letters, digits, '.', '_' or '-'")
+    return value

@@ -1,0 +1,1 @@
+"""Git plumbing: one runner, the mirror cache, evidence from history, diffs of edited files."""
