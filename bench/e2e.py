@@ -46,11 +46,11 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.git import GitActivities
 from activities.index import IndexActivities
-from activities.slack import APPROVE_ACTION_ID
 from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import LLMConfig, RemedyConfig, ServiceConfig, SlackConfig
 from remedy.models import IncidentStatus, IndexRequest, IndexResult, Phase, SyncRequest, Worktree
+from remedy.render.slack import APPROVE_ACTION_ID
 from tests.fakes.ollama_server import OllamaReply, OllamaServer, answer
 from tests.fakes.slack_server import BOT_TOKEN, SIGNING_SECRET, SlackServer
 from tests.intake_harness import running_intake

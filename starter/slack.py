@@ -12,7 +12,6 @@ decide: its refusal reaches the clicker, word for word, as an ephemeral message.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from datetime import timedelta
@@ -32,57 +31,24 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.slack import (
-    APPROVE_ACTION_ID,
-    REJECT_ACTION_ID,
-    decided_blocks,
-    escape,
-    parse_button_value,
-)
 from remedy import names
 from remedy.config import RemedyConfig, secret
 from remedy.models import DecideRequest
+from remedy.render.slack import (
+    APPROVE_ACTION_ID,
+    REJECT_ACTION_ID,
+    REJECT_VIEW_ID,
+    decided_blocks,
+    decision_note,
+    parse_button_value,
+    parse_reason_modal,
+    reason_modal,
+)
 from workflows.incident import IncidentWorkflow
 
 log = logging.getLogger(__name__)
 
-REJECT_VIEW_ID = "remedy_reject_reason"
-REASON_INPUT_ID = "reason"
-
 TemporalProvider = Callable[[], Client | None]
-
-
-def reason_modal(
-    incident_id: str, request_id: str, channel: str, message_ts: str
-) -> dict[str, Any]:
-    return {
-        "type": "modal",
-        "callback_id": REJECT_VIEW_ID,
-        "private_metadata": json.dumps(
-            {
-                "incident_id": incident_id,
-                "request_id": request_id,
-                "channel": channel,
-                "ts": message_ts,
-            }
-        ),
-        "title": {"type": "plain_text", "text": "Reject the fix"},
-        "submit": {"type": "plain_text", "text": "Reject"},
-        "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": [
-            {
-                "type": "input",
-                "block_id": REASON_INPUT_ID,
-                "label": {"type": "plain_text", "text": "Why? (kept with the incident)"},
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": REASON_INPUT_ID,
-                    "multiline": True,
-                    "max_length": 2000,
-                },
-            }
-        ],
-    }
 
 
 class SlackListener:
@@ -156,20 +122,19 @@ class SlackListener:
         self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], client: AsyncWebClient
     ) -> None:
         await ack()
-        origin = json.loads(view["private_metadata"])
-        reason = view["state"]["values"][REASON_INPUT_ID][REASON_INPUT_ID]["value"]
+        rejection = parse_reason_modal(view)
         await self._decide(
             client,
-            origin["incident_id"],
+            rejection.incident_id,
             DecideRequest(
                 decision="reject",
                 approver=body["user"]["id"],
-                request_id=origin["request_id"],
-                reason=reason,
+                request_id=rejection.request_id,
+                reason=rejection.reason,
             ),
-            channel=origin["channel"],
-            message_ts=origin["ts"],
-            blocks=await _message_blocks(client, origin["channel"], origin["ts"]),
+            channel=rejection.channel,
+            message_ts=rejection.message_ts,
+            blocks=await _message_blocks(client, rejection.channel, rejection.message_ts),
         )
 
     # ------------------------------------------------------------------ the decision
@@ -191,9 +156,7 @@ class SlackListener:
             )
             return
         if blocks:
-            verb = "Approved" if request.decision == "approve" else "Rejected"
-            reason = f": {escape(request.reason)}" if request.reason else ""
-            note = f"{verb} by <@{request.approver}>{reason}"
+            note = decision_note(request.decision, request.approver, request.reason)
             try:
                 await client.chat_update(
                     channel=channel, ts=message_ts, blocks=decided_blocks(blocks, note), text=note

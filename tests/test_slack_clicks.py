@@ -25,19 +25,20 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.worker import Worker
 
-from activities.slack import (
-    APPROVE_ACTION_ID,
-    DECISION_BLOCK_ID,
-    REJECT_ACTION_ID,
-    SlackActivities,
-    button_value,
-)
+from activities.slack import SlackActivities
 from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig, ServiceConfig, SlackConfig
 from remedy.models import Decision, IncidentStart, IncidentStatus, IntakeResponse, Phase
+from remedy.render.slack import (
+    APPROVE_ACTION_ID,
+    DECISION_BLOCK_ID,
+    REASON_INPUT_ID,
+    REJECT_ACTION_ID,
+    button_value,
+)
 from starter.app import create_app
-from starter.slack import REASON_INPUT_ID, SlackListener, mount_slack, slack_listener
+from starter.slack import SlackListener, mount_slack, slack_listener
 from tests.fakes.slack_server import (
     APP_TOKEN,
     BOT_TOKEN,

@@ -9,10 +9,22 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.slack import APPROVE_ACTION_ID, REJECT_ACTION_ID, SlackActivities
+from activities.slack import SlackActivities
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig, ServiceConfig, SlackConfig
 from remedy.models import NotifyRequest, NotifyResult, Phase
+from remedy.render.slack import (
+    APPROVE_ACTION_ID,
+    DECISION_BLOCK_ID,
+    REASON_INPUT_ID,
+    REJECT_ACTION_ID,
+    decided_blocks,
+    detail_text,
+    parse_button_value,
+    parse_reason_modal,
+    reason_modal,
+    render_message,
+)
 from tests.fakes.incident_factory import APPROVER, INCIDENT_ID, TRACEBACK, make_incident
 from tests.fakes.slack_server import BOT_TOKEN, SlackServer
 
@@ -243,3 +255,56 @@ async def test_secrets_in_a_diff_or_model_text_never_reach_slack(
     sent = repr(slack.top_level()) + repr(slack.requests if hasattr(slack, "requests") else "")
     assert "hunter2" not in sent and "abcdefghijklmnop" not in sent
     assert "[REDACTED]" in block_texts(slack.top_level()[0])
+
+
+# ---------------------------------------------------------------------------- rendering alone
+
+
+def test_rendering_escapes_untrusted_text_and_keeps_slack_syntax_its_own() -> None:
+    incident = make_incident(Phase.REJECTED, decision="reject", reason="<!channel> & <b>no</b>")
+    incident.error_message = "<@U0EVIL> & <https://evil.example|click>"
+    assert incident.diagnosis and incident.diagnosis.diagnosis
+    incident.diagnosis.diagnosis.root_cause = "a `<script>` & friends"
+
+    _, blocks = render_message(incident)
+
+    text = block_texts({"blocks": blocks})
+    assert "&lt;@U0EVIL&gt; &amp; &lt;https://evil.example|click&gt;" in text
+    assert "a `&lt;script&gt;` &amp; friends" in text
+    assert f"Rejected by <@{APPROVER}>: &lt;!channel&gt; &amp; &lt;b&gt;no&lt;/b&gt;" in text
+    assert "<@U0EVIL>" not in repr(blocks) and "<!channel>" not in repr(blocks)
+    assert "<http://127.0.0.1:8233/" in text, "Remedy's own links stay links"
+    assert not any(b.get("block_id") == DECISION_BLOCK_ID for b in blocks)
+
+
+def test_thread_text_per_phase_and_reminder() -> None:
+    assert detail_text(make_incident(Phase.DIAGNOSING)) == (
+        "*Diagnosing*\ntotal() reads item['price'] without a default"
+    )
+    waiting = detail_text(make_incident())
+    assert waiting.startswith("*Awaiting approval*\nVerification passed.\nApproval requested")
+    assert f"<@{APPROVER}>" in waiting
+    reminder = detail_text(make_incident(), "reminder")
+    assert reminder.startswith(f"<@{APPROVER}>: reminder")
+
+
+def test_buttons_and_the_reason_modal_carry_what_the_listener_needs() -> None:
+    _, blocks = render_message(make_incident())
+    [actions] = [b for b in blocks if b.get("block_id") == DECISION_BLOCK_ID]
+    values = {parse_button_value(e["value"]) for e in actions["elements"]}
+    assert values == {(INCIDENT_ID, "req-1")}
+    with pytest.raises(ValueError, match="not a Remedy decision button"):
+        parse_button_value('{"incident": 1}')
+    decided = decided_blocks(blocks, "Approved by <@U1>")
+    assert decided[:-1] == [b for b in blocks if b is not actions]
+    assert decided[-1]["text"]["text"] == "Approved by <@U1>"
+
+    view = reason_modal(INCIDENT_ID, "req-1", CHANNEL, "123.456")
+    submitted = {**view, "state": {"values": {REASON_INPUT_ID: {REASON_INPUT_ID: {"value": "no"}}}}}
+    rejection = parse_reason_modal(submitted)
+    assert (rejection.incident_id, rejection.request_id, rejection.reason) == (
+        INCIDENT_ID,
+        "req-1",
+        "no",
+    )
+    assert (rejection.channel, rejection.message_ts) == (CHANNEL, "123.456")
