@@ -15,7 +15,7 @@ from typing import Any
 import anthropic
 
 from remedy.config import LLMConfig, secret
-from remedy.diagnosis import (
+from remedy.llm.conversation import (
     CLAUDE,
     BackendError,
     BackendName,
@@ -60,14 +60,6 @@ def wire_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
 
 def wire_tool(tool: ToolSpec) -> dict[str, Any]:
     return {"name": tool.name, "description": tool.description, "input_schema": tool.parameters}
-
-
-def _retry_after(exc: anthropic.APIStatusError) -> float | None:
-    value = exc.response.headers.get("retry-after")
-    try:
-        return max(float(value), 0.0) if value is not None else None
-    except ValueError:
-        return None
 
 
 class ClaudeBackend:
@@ -132,7 +124,7 @@ class ClaudeBackend:
             ) as stream:
                 message = await stream.get_final_message()
         except anthropic.APIStatusError as exc:
-            raise self._classify(exc) from None
+            raise self._classify(exc, client) from None
         except anthropic.APIConnectionError as exc:
             raise BackendUnavailable(
                 CLAUDE, f"Claude at {self._llm.anthropic_base_url} unreachable ({exc.message})"
@@ -154,7 +146,9 @@ class ClaudeBackend:
             stop_reason=message.stop_reason,
         )
 
-    def _classify(self, exc: anthropic.APIStatusError) -> BackendError:
+    def _classify(
+        self, exc: anthropic.APIStatusError, client: anthropic.AsyncAnthropic
+    ) -> BackendError:
         status, kind = exc.status_code, exc.type or "error"
         detail = (exc.api_message or str(exc))[:300]
         if status in {401, 403} or kind in {"authentication_error", "permission_error"}:
@@ -166,8 +160,13 @@ class ClaudeBackend:
             )
         if status in {429, 529} or kind in {"rate_limit_error", "overloaded_error"}:
             state = "overloaded" if status == 529 or kind == "overloaded_error" else "rate-limiting"
+            # The SDK reads Retry-After itself (seconds, retry-after-ms or a date); its retries
+            # are off, so the wait it asks for goes to Temporal instead.
+            wait = client._parse_retry_after_header(exc.response.headers)
             return BackendRateLimited(
-                CLAUDE, f"Claude is {state} (HTTP {status} {kind})", retry_after_s=_retry_after(exc)
+                CLAUDE,
+                f"Claude is {state} (HTTP {status} {kind})",
+                retry_after_s=max(wait, 0.0) if wait is not None else None,
             )
         if 400 <= status < 500:
             return BackendUnavailable(

@@ -15,7 +15,7 @@ import httpx
 import ollama
 
 from remedy.config import LLMConfig
-from remedy.diagnosis import (
+from remedy.llm.conversation import (
     OLLAMA,
     BackendError,
     BackendName,

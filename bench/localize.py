@@ -1,23 +1,25 @@
 """Fault localization on real bugs: does the evidence point at the code the real fix changed?
 
-For each case of /work/shared/bench/realbugs (real tracebacks of real bugs in 12 open-source
-Python projects) the buggy tree becomes a git repository and the error goes through the
-pipeline an incident takes: `build_incident_start` (redaction, traceback parsing, in-app
-marking) on an ErrorEvent made of the error type, message and traceback; then the real
-`sync_repo`, `index_repo`, `investigate` and `find_related` activities. The evidence is ranked
-by remedy.evidence and compared with the answer key (`fix_files`, `fix_functions`), which
-only this scoring reads:
+For each case of ../shared/bench/realbugs beside the repository (real tracebacks of real bugs
+in 12 open-source Python projects; `--data` points elsewhere) the buggy tree becomes a git
+repository and the error goes through the pipeline an incident takes: `build_incident_start`
+(redaction, traceback parsing, in-app marking) on an ErrorEvent made of the error type,
+message and traceback; then the real `sync_repo`, `index_repo`, `investigate` and
+`find_related` activities. The evidence is ranked by `remedy.evidence.ranked_windows`, the
+order in which the diagnosis prompt shows code, and compared with the answer key
+(`fix_files`, `fix_functions`), which only this scoring reads:
 
-- file: a fix file among `ranked_files(evidence, 5)`;
-- function: a fix function among `ranked_chunks(evidence, 10)`. A frame names a function
-  the way its traceback printed it (`initialize`, never `IOLoop.initialize`), so a chunk
-  `path::name` also matches a fix function `path::Cls.name` of the same file.
+- file: a fix file among the first 5 files of those windows (`ranked_files(evidence, 5)`);
+- function: a fix function among the first 10 functions they show (`ranked_chunks`). A frame
+  names a function the way its traceback printed it (`initialize`, never
+  `IOLoop.initialize`), so a chunk `path::name` also matches a fix function `path::Cls.name`
+  of the same file.
 
 The baseline is the same evidence with the stack frames only (no suspect commits, no code
 index). One persistent index store serves every case: chunks are content-addressed per
 project, so the next buggy commit of a project embeds only what changed.
 
-    nice .venv/bin/python bench/localize.py [--kind exception] [--cases ID,ID] [--work DIR]
+    nice .venv/bin/python bench/localize.py [--kind exception] [--cases ID,ID] [--data DIR]
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from remedy.models import (
     Worktree,
 )
 
-REALBUGS = Path("/work/shared/bench/realbugs")
+REALBUGS = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "realbugs"
 FILE_TOP = 5
 FUNCTION_TOP = 10
 MAX_MESSAGE_CHARS = 16_384  # ErrorInfo.message's limit; clients clip longer messages
@@ -85,8 +87,11 @@ def git(repo: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-def load_cases(kind: str | None, only: Sequence[str]) -> list[dict[str, Any]]:
-    cases = [json.loads(line) for line in (REALBUGS / "cases.jsonl").read_text().splitlines()]
+def load_cases(data: Path, kind: str | None, only: Sequence[str]) -> list[dict[str, Any]]:
+    cases_file = data / "cases.jsonl"
+    if not cases_file.is_file():
+        raise SystemExit(f"--data: no {cases_file} (point --data at the realbugs folder)")
+    cases = [json.loads(line) for line in cases_file.read_text().splitlines()]
     if only:
         unknown = set(only) - {c["id"] for c in cases}
         if unknown:
@@ -102,14 +107,14 @@ def service_name(project: str) -> str:
     return project.lower().replace(".", "-")
 
 
-def project_repository(case: dict[str, Any], work: Path) -> tuple[Path, str]:
+def project_repository(case: dict[str, Any], data: Path, work: Path) -> tuple[Path, str]:
     """The case's buggy tree as a fresh one-commit repository at a path fixed per project (the
     index keys a repository by its location, so every case of a project shares vectors)."""
     repo = work / "projects" / service_name(case["project"])
     shutil.rmtree(repo, ignore_errors=True)
     repo.mkdir(parents=True)
     prefix = f"{case['id']}/"
-    with tarfile.open(REALBUGS / "trees" / f"{case['id']}.tar.gz") as archive:
+    with tarfile.open(data / "trees" / f"{case['id']}.tar.gz") as archive:
         members = []
         for member in archive.getmembers():
             if not member.name.startswith(prefix) or not (member.isfile() or member.isdir()):
@@ -150,10 +155,10 @@ def same_function(chunk: str, fix: str) -> bool:
     return path == fix_path and (symbol == fix_symbol or fix_symbol.endswith(f".{symbol}"))
 
 
-def run_case(case: dict[str, Any], work: Path) -> Outcome:
+def run_case(case: dict[str, Any], data: Path, work: Path) -> Outcome:
     started = time.perf_counter()
     service = service_name(case["project"])
-    repo, commit = project_repository(case, work)
+    repo, commit = project_repository(case, data, work)
     config = config_for(work, {service: repo})
     store = ArtifactStore(config.artifacts_dir)
     env = ActivityEnvironment()
@@ -243,6 +248,9 @@ def main() -> None:
     parser.add_argument("--kind", choices=["exception", "assertion"])
     parser.add_argument("--cases", default="", help="comma-separated case ids")
     parser.add_argument(
+        "--data", type=Path, default=REALBUGS, help=f"the realbugs folder (default {REALBUGS})"
+    )
+    parser.add_argument(
         "--work",
         type=Path,
         default=Path(__file__).resolve().parent / "out" / "localize",
@@ -250,7 +258,7 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="also write every outcome here")
     arguments = parser.parse_args()
-    cases = load_cases(arguments.kind, [c for c in arguments.cases.split(",") if c])
+    cases = load_cases(arguments.data, arguments.kind, [c for c in arguments.cases.split(",") if c])
     arguments.work.mkdir(parents=True, exist_ok=True)
     print(
         f"{'case':<18} {'kind':<9} {'file':>4} {'func':>4} | {'base file':>9} {'base func':>9} "
@@ -259,7 +267,7 @@ def main() -> None:
     )
     outcomes: list[Outcome] = []
     for case in cases:
-        outcome = run_case(case, arguments.work)
+        outcome = run_case(case, arguments.data, arguments.work)
         outcomes.append(outcome)
         print(
             f"{outcome.case:<18} {outcome.kind:<9} {_mark(outcome.file_rank):>4} "

@@ -1,34 +1,50 @@
-"""Where the evidence points: the files and functions of an incident, most likely fix first.
+"""Where the evidence points: the code an incident's prompts show, most likely fix first.
 
-Pure functions over `Evidence` (what `investigate` and `find_related` gathered). The order:
+One ranking serves the product and the benchmark. `ranked_windows` orders the code windows
+the diagnosis and regression-test prompts show up front (remedy/llm/prompts.py);
+`ranked_files` and `ranked_chunks` are views of that same order, which bench/localize.py
+scores. The order:
 
 1. Located in-app stack frames, innermost first. The innermost frame of the service's own
    code is where the error surfaced, and in most real bugs the fix is there or one call up;
    the outer frames are the path that led there.
-2. Paths of suspect commits that touched only a few files, in the order `investigate`
-   ranked them (the commit that last changed the failing line first). A focused commit that
-   changed a frame's file and another file links the two; a sweep (an import, a merge, a
-   reformat) touches everything and says nothing, so it is left out.
-3. Related code from the index, by score: where the stack says nothing useful (an assertion
+2. Related code from the index, by score: where the stack says nothing useful (an assertion
    in a test, an error raised by a library), retrieval on the error and the failing lines is
    the only pointer to the code under suspicion.
-4. Test code last, wherever it was found. A failing test is the messenger: it shows what
+3. Test code last, wherever it was found. A failing test is the messenger: it shows what
    broke, and the fix almost always lands in the code it exercises.
 
-Each place is listed once, at its best position.
+Suspect commits name files but no lines; the prompts show them in a section of their own.
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable
+from dataclasses import dataclass
 
-from remedy.models import Evidence
+from remedy.models import Evidence, FrameEvidence, RelatedCode
 
-FOCUSED_COMMIT_MAX_PATHS = 5
-"""A suspect commit that changed more files than this is a sweep, not a pointer."""
+MAX_WINDOW_LINES = 80
+WINDOW_RADIUS = 12
+MAX_FRAME_WINDOWS = 6
+MAX_RELATED_WINDOWS = 3
 
 _TEST_DIRS = frozenset({"test", "tests", "testing", "__tests__", "spec", "specs"})
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """A slice of a file the prompt should show: lines start..end (1-based, inclusive).
+
+    `symbol` is the function it shows, when it names one: the name a traceback printed
+    (`total`, never `Cart.total`: tracebacks carry no class) or the index's qualified symbol.
+    """
+
+    path: str
+    start: int
+    end: int
+    note: str
+    symbol: str | None = None
 
 
 def is_test_path(path: str) -> bool:
@@ -44,55 +60,42 @@ def is_test_path(path: str) -> bool:
     )
 
 
-def _frame_files(evidence: Evidence) -> list[str]:
-    return [frame.path for frame in evidence.frames if frame.found]
+def _frame_window(frame: FrameEvidence, line: int) -> WindowSpec:
+    start = frame.start_line or max(line - WINDOW_RADIUS, 1)
+    end = frame.end_line or line + WINDOW_RADIUS
+    start, end = max(start, line - MAX_WINDOW_LINES // 2), min(end, line + MAX_WINDOW_LINES // 2)
+    # Module-level code and synthetic functions (`<module>`, `<lambda>`) name no function.
+    function = frame.function if frame.function and not frame.function.startswith("<") else None
+    return WindowSpec(
+        frame.path, max(start, 1), end, f"frame {frame.function or '?'}, line {line}", function
+    )
 
 
-def _suspect_files(evidence: Evidence) -> list[str]:
-    return [
-        path
-        for commit in evidence.suspect_commits
-        if 0 < len(commit.paths) <= FOCUSED_COMMIT_MAX_PATHS
-        for path in commit.paths
-    ]
+def _related_window(related: RelatedCode) -> WindowSpec:
+    end = min(related.end_line, related.start_line + MAX_WINDOW_LINES - 1)
+    note = f"related (score {related.score:.2f})"
+    return WindowSpec(related.path, max(related.start_line, 1), end, note, related.symbol)
 
 
-def _by_score(evidence: Evidence) -> list[tuple[str, str | None]]:
+def ranked_windows(evidence: Evidence) -> list[WindowSpec]:
+    """The code worth showing up front, most likely fix location first (the module's order)."""
+    frames = [
+        _frame_window(frame, frame.line or 1)
+        for frame in evidence.frames  # innermost first, as investigate lists them
+        if frame.found and frame.line is not None
+    ][:MAX_FRAME_WINDOWS]
     # sorted() is stable: equal scores keep the order find_related gave them.
-    related = sorted(evidence.related_code, key=lambda code: -code.score)
-    return [(code.path, code.symbol) for code in related]
-
-
-def _ranked(keys: Iterable[tuple[str, str]], limit: int) -> list[str]:
-    """Unique keys in order, test files after the rest; `(path, key)` pairs in, keys out."""
-    unique = dict.fromkeys(keys)
-    code = [key for path, key in unique if not is_test_path(path)]
-    tests = [key for path, key in unique if is_test_path(path)]
-    return (code + tests)[:limit]
+    related = sorted(evidence.related_code, key=lambda code: (is_test_path(code.path), -code.score))
+    windows = [*frames, *(_related_window(code) for code in related[:MAX_RELATED_WINDOWS])]
+    return sorted(windows, key=lambda window: is_test_path(window.path))
 
 
 def ranked_files(evidence: Evidence, limit: int = 5) -> list[str]:
-    """Repository paths the evidence points at, most likely fix location first."""
-    paths = [
-        *_frame_files(evidence),
-        *_suspect_files(evidence),
-        *(path for path, _ in _by_score(evidence)),
-    ]
-    return _ranked(((path, path) for path in paths), limit)
+    """The files of `ranked_windows`, each once at its best position."""
+    return list(dict.fromkeys(window.path for window in ranked_windows(evidence)))[:limit]
 
 
 def ranked_chunks(evidence: Evidence, limit: int = 10) -> list[str]:
-    """Functions the evidence points at as `path::symbol`, most likely fix location first.
-
-    A frame gives the function name its traceback printed (`total`, never `Cart.total`:
-    tracebacks carry no class), related code the index's qualified symbol (`Cart.total`).
-    Module-level code and frames of synthetic functions (`<module>`, `<lambda>`,
-    `<listcomp>`) name no function and are left out.
-    """
-    frames = [
-        (frame.path, frame.function)
-        for frame in evidence.frames
-        if frame.found and frame.function and not frame.function.startswith("<")
-    ]
-    related = [(path, symbol) for path, symbol in _by_score(evidence) if symbol]
-    return _ranked(((path, f"{path}::{symbol}") for path, symbol in [*frames, *related]), limit)
+    """The functions of `ranked_windows` as `path::symbol`, each once at its best position."""
+    chunks = (f"{w.path}::{w.symbol}" for w in ranked_windows(evidence) if w.symbol)
+    return list(dict.fromkeys(chunks))[:limit]

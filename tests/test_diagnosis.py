@@ -1,4 +1,4 @@
-"""remedy.diagnosis: the answer's shape, fenced prompts, validation, routing and cost (pure)."""
+"""remedy.llm: the answer's shape, fenced prompts, validation, routing and cost (pure)."""
 
 from __future__ import annotations
 
@@ -9,30 +9,20 @@ from typing import Any
 import pytest
 
 from remedy.config import LLMConfig, ModelPrice
-from remedy.diagnosis import (
-    CLAUDE,
+from remedy.llm.answers import (
     DIAGNOSIS_SCHEMA,
-    OLLAMA,
-    CodeWindow,
     MalformedAnswer,
-    Mode,
     RegressionTestAnswer,
-    RoutePlan,
-    cache_key,
-    clip,
-    diagnosis_prompt,
     diff_stats,
-    estimate_cost,
-    fence,
-    in_app_files,
     parse_diagnosis,
-    plan_route,
-    price_for,
-    repo_path,
     validate_diagnosis,
     validate_regression_test,
-    window_specs,
 )
+from remedy.llm.conversation import CLAUDE, OLLAMA
+from remedy.llm.pricing import estimate_cost, price_for
+from remedy.llm.prompts import CodeWindow, clip, diagnosis_prompt, fence
+from remedy.llm.routing import Mode, RoutePlan, in_app_files, plan_route
+from remedy.llm.session import cache_key
 from remedy.models import (
     DiagnoseRequest,
     Diagnosis,
@@ -42,11 +32,11 @@ from remedy.models import (
     EvidenceLine,
     Frame,
     FrameEvidence,
-    RelatedCode,
     ServicePolicy,
     Severity,
     Worktree,
 )
+from remedy.patching import repo_path
 
 COMMIT = "c0ffee" * 6 + "abcd"
 CART = """def total(items):
@@ -187,24 +177,16 @@ def test_prompt_holds_no_incident_id_so_identical_incidents_share_the_cache() ->
     assert one == two and "a1b2c3d4" not in one
 
 
-def test_windows_show_the_innermost_frames_first_then_related_code() -> None:
-    evidence = Evidence(  # frames innermost first, as investigate returns them
+def test_the_route_counts_the_distinct_located_files_of_the_stack() -> None:
+    evidence = Evidence(
         summary="",
         frames=[
-            FrameEvidence(
-                path="app/cart.py", line=40, function="total", start_line=35, end_line=60
-            ),
+            FrameEvidence(path="app/cart.py", line=40, function="total"),
             FrameEvidence(path="app/gone.py", line=3, found=False),
             FrameEvidence(path="app/api.py", line=10, function="checkout"),
+            FrameEvidence(path="app/cart.py", line=9, function="line_total"),
         ],
-        related_code=[RelatedCode(path="app/prices.py", start_line=1, end_line=500, score=0.7)],
     )
-    specs = window_specs(evidence)
-    assert [(s.path, s.start, s.end) for s in specs] == [
-        ("app/cart.py", 35, 60),
-        ("app/api.py", 1, 22),
-        ("app/prices.py", 1, 80),
-    ]
     assert in_app_files(evidence) == 2
 
 

@@ -1,10 +1,18 @@
-"""remedy.evidence: the order in which the evidence points at files and functions (pure)."""
+"""remedy.evidence: the order in which the prompts show code, and the files and functions it
+points at, which the localization benchmark scores (pure)."""
 
 from __future__ import annotations
 
 import pytest
 
-from remedy.evidence import FOCUSED_COMMIT_MAX_PATHS, is_test_path, ranked_chunks, ranked_files
+from remedy.evidence import (
+    MAX_FRAME_WINDOWS,
+    MAX_RELATED_WINDOWS,
+    is_test_path,
+    ranked_chunks,
+    ranked_files,
+    ranked_windows,
+)
 from remedy.models import Evidence, FrameEvidence, RelatedCode, SuspectCommit
 
 
@@ -41,13 +49,41 @@ EVIDENCE = Evidence(
 )
 
 
-def test_files_come_innermost_frame_first_then_suspect_commits_then_related_code_by_score() -> None:
+def test_windows_come_innermost_frame_first_then_related_code_by_score() -> None:
+    assert [(w.path, w.symbol, w.note) for w in ranked_windows(EVIDENCE)] == [
+        ("app/cart.py", "line_total", "frame line_total, line 8"),
+        ("app/cart.py", "cart_total", "frame cart_total, line 13"),
+        ("app/checkout.py", "checkout", "frame checkout, line 6"),
+        ("app/cart.py", "line_total", "related (score 0.90)"),
+        ("app/tax.py", "tax_for", "related (score 0.77)"),
+        ("app/coupons.py", None, "related (score 0.60)"),
+    ]
     assert ranked_files(EVIDENCE, limit=10) == [
         "app/cart.py",
         "app/checkout.py",
-        "app/pricing.py",
         "app/tax.py",
         "app/coupons.py",
+    ]
+
+
+def test_windows_frame_the_failing_line_and_cap_related_code() -> None:
+    evidence = Evidence(
+        summary="",
+        frames=[
+            FrameEvidence(
+                path="app/cart.py", line=40, function="total", start_line=35, end_line=60
+            ),
+            FrameEvidence(path="app/gone.py", line=3, found=False),
+            FrameEvidence(path="app/api.py", line=10, function="checkout"),
+            FrameEvidence(path="app/big.py", line=500, function="run", start_line=1, end_line=900),
+        ],
+        related_code=[RelatedCode(path="app/prices.py", start_line=1, end_line=500, score=0.7)],
+    )
+    assert [(w.path, w.start, w.end) for w in ranked_windows(evidence)] == [
+        ("app/cart.py", 35, 60),
+        ("app/api.py", 1, 22),
+        ("app/big.py", 460, 540),
+        ("app/prices.py", 1, 80),
     ]
 
 
@@ -57,14 +93,28 @@ def test_the_limit_cuts_the_ranking() -> None:
     assert ranked_files(Evidence(summary="nothing"), limit=5) == []
 
 
-def test_a_sweeping_suspect_commit_points_nowhere() -> None:
-    sweep = [f"lib/module_{n}.py" for n in range(FOCUSED_COMMIT_MAX_PATHS + 1)]
+def test_the_prompt_shows_the_innermost_frames_and_the_best_related_code_only() -> None:
+    evidence = Evidence(
+        summary="x",
+        frames=[frame(f"app/m{n}.py", f"f{n}") for n in range(MAX_FRAME_WINDOWS + 2)],
+        related_code=[
+            related(f"lib/r{n}.py", f"r{n}", 0.5 + n / 100) for n in range(MAX_RELATED_WINDOWS + 2)
+        ],
+    )
+    windows = ranked_windows(evidence)
+    assert [w.path for w in windows] == [
+        *(f"app/m{n}.py" for n in range(MAX_FRAME_WINDOWS)),
+        *(f"lib/r{n}.py" for n in reversed(range(2, MAX_RELATED_WINDOWS + 2))),
+    ]
+
+
+def test_suspect_commits_hold_no_window() -> None:
     evidence = Evidence(
         summary="x",
         frames=[frame("app/cart.py", "total")],
-        suspect_commits=[commit(*sweep), commit("app/cart.py", "app/prices.py")],
+        suspect_commits=[commit("app/cart.py", "app/prices.py")],
     )
-    assert ranked_files(evidence) == ["app/cart.py", "app/prices.py"]
+    assert ranked_files(evidence) == ["app/cart.py"]
 
 
 def test_test_files_rank_after_the_code_they_exercise() -> None:
@@ -95,7 +145,6 @@ def test_chunks_are_frame_functions_then_related_symbols_by_score_each_once() ->
         "app/cart.py::cart_total",
         "app/checkout.py::checkout",
         "app/tax.py::tax_for",
-        "app/coupons.py::Coupon.apply",
     ]
 
 

@@ -17,10 +17,16 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.llm import DiagnosisActivities, RepoTools
+from activities.llm import DiagnosisActivities
 from remedy.artifacts import ArtifactStore
 from remedy.config import LimitsConfig, LLMConfig, ModelPrice, RemedyConfig, ServiceConfig
-from remedy.diagnosis import ANSWER_NOW, DIAGNOSIS_SCHEMA, Mode, ToolCall
+from remedy.git.runner import GitError
+from remedy.llm import repo_tools
+from remedy.llm.answers import DIAGNOSIS_SCHEMA
+from remedy.llm.conversation import ToolCall
+from remedy.llm.prompts import ANSWER_NOW
+from remedy.llm.repo_tools import RepoTools
+from remedy.llm.routing import Mode
 from remedy.models import (
     DiagnoseRequest,
     Diagnosis,
@@ -596,6 +602,18 @@ async def test_the_tools_see_only_the_incident_commit(shop: Shop) -> None:
     assert not failed and "+# pricing v2" in shown
     bad_regex, failed = await call("grep", pattern="(")
     assert failed and "grep failed" in bad_regex
+
+
+async def test_a_git_timeout_comes_back_to_the_model_as_the_tool_result(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def hanging_git(args: Sequence[str], **options: Any) -> None:
+        raise GitError("grep", -1, f"timed out after {options['timeout']:.0f}s")
+
+    monkeypatch.setattr(repo_tools, "run_git_async", hanging_git)
+    tools = RepoTools(shop.worktree, search_code=None, max_result_chars=4_000)
+    result = await tools.run(ToolCall(id="1", name="grep", arguments={"pattern": "total"}))
+    assert result.is_error and "git grep took longer than 30s; narrow the request" in result.content
 
 
 async def test_tool_iterations_are_capped(shop: Shop) -> None:
