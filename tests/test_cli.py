@@ -25,6 +25,7 @@ from tests.workflow_harness import (
     APPROVER,
     FakeActivities,
     eventually,
+    finished,
     fix_diagnosis,
     make_start,
     start_incident,
@@ -97,7 +98,7 @@ async def test_list_show_refuse_then_approve(
 
     approved = await remedy("approve", status.incident_id, "--as", APPROVER, *config)
     assert approved.exit_code == 0, approved.output
-    final = await handle.result()
+    final = await finished(handle)
     assert final.phase == Phase.PR_OPENED
     assert fakes.calls["propose_change"] == 1
 
@@ -114,7 +115,7 @@ async def test_reject_needs_a_reason_and_records_it(
         "reject", status.incident_id, "--as", APPROVER, "--reason", "fix belongs upstream", *config
     )
     assert rejected.exit_code == 0, rejected.output
-    final = await handle.result()
+    final = await finished(handle)
     assert final.phase == Phase.REJECTED and "fix belongs upstream" in (final.reason or "")
 
 

@@ -14,7 +14,13 @@ from remedy import names
 from remedy.models import Phase
 from starter.incidents import IncidentNotFound, find_incident
 from starter.reporter import TemporalReporter
-from tests.workflow_harness import FakeActivities, eventually, make_start, wait_for_phase
+from tests.workflow_harness import (
+    FakeActivities,
+    eventually,
+    finished,
+    make_start,
+    wait_for_phase,
+)
 from workflows.incident import IncidentWorkflow
 
 
@@ -81,7 +87,7 @@ async def test_reports_after_an_incident_closed_open_the_next_one(
     reporter = reporter_for(client, task_queue)
     first = await reporter.report(start)
     handle = client.get_workflow_handle_for(IncidentWorkflow.run, first.workflow_id)
-    closed = await handle.result()
+    closed = await finished(handle)
     assert closed.phase == Phase.TRIAGED
 
     await asyncio.gather(*(reporter.report(start) for _ in range(3)))

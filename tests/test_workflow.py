@@ -18,6 +18,7 @@ from tests.workflow_harness import (
     APPROVER,
     FakeActivities,
     eventually,
+    finished,
     fix_diagnosis,
     make_start,
     start_incident,
@@ -48,7 +49,7 @@ async def test_without_a_diagnosis_the_incident_is_triaged_with_evidence(
     client: Client, task_queue: str, fakes: FakeActivities
 ) -> None:
     handle = await start_incident(client, task_queue, make_start())
-    status = await handle.result()
+    status = await finished(handle)
     assert status.phase == Phase.TRIAGED
     assert status.reason == "no LLM backend configured"
     assert status.evidence is not None and status.evidence.suspect_commits[0].author == "Bob"
@@ -109,7 +110,7 @@ async def test_approval_path_validates_every_decision_then_proposes_once(
         )
     assert "already" in refusal(again.value)
 
-    final = await handle.result()
+    final = await finished(handle)
     assert final.phase == Phase.PR_OPENED
     assert final.proposal is not None
     assert final.proposal.branch == f"remedy/{final.incident_id}"
@@ -138,7 +139,7 @@ async def test_reject_ends_the_incident_and_pushes_nothing(
             reason="wrong layer",
         ),
     )
-    final = await handle.result()
+    final = await finished(handle)
     assert final.phase == Phase.REJECTED
     assert final.reason is not None and "wrong layer" in final.reason
     assert "propose_change" not in fakes.calls
@@ -148,7 +149,7 @@ async def test_decide_before_approval_is_refused(
     client: Client, task_queue: str, fakes: FakeActivities
 ) -> None:
     handle = await start_incident(client, task_queue, make_start())
-    await handle.result()
+    await finished(handle)
     with pytest.raises(Exception, match=r"not awaiting approval|completed"):
         await handle.execute_update(
             IncidentWorkflow.decide,
@@ -226,9 +227,12 @@ async def test_approval_expires_on_the_time_skipping_server(
         client, task_queue=queue, workflows=[IncidentWorkflow], activities=fakes.all()
     ):
         handle = await start_incident(
-            client, queue, make_start(approval_timeout_s=int(timedelta(days=2).total_seconds()))
+            client,
+            queue,
+            make_start(approval_timeout_s=int(timedelta(days=2).total_seconds())),
+            execution_timeout=timedelta(days=3),
         )
-        final = await handle.result()
+        final = await finished(handle)
     assert final.phase == Phase.EXPIRED
     assert "propose_change" not in fakes.calls
     assert fakes.notifications == [

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import activity
@@ -57,6 +57,7 @@ from remedy.models import (
 from workflows.incident import IncidentWorkflow
 
 APPROVER = "U024BE7LH"
+TEST_EXECUTION_TIMEOUT = timedelta(minutes=3)
 
 
 def make_start(
@@ -229,14 +230,34 @@ class FakeActivities:
 
 
 async def start_incident(
-    client: Client, task_queue: str, start: IncidentStart
+    client: Client,
+    task_queue: str,
+    start: IncidentStart,
+    execution_timeout: timedelta = TEST_EXECUTION_TIMEOUT,
 ) -> WorkflowHandle[IncidentWorkflow, IncidentStatus]:
     return await client.start_workflow(
         IncidentWorkflow.run,
         start,
         id=names.workflow_id_for(start.service, start.fingerprint),
         task_queue=task_queue,
+        # A test incident that waits on something that never comes ends instead of lingering.
+        execution_timeout=execution_timeout,
     )
+
+
+async def finished(
+    handle: WorkflowHandle[IncidentWorkflow, IncidentStatus], timeout_s: float = 30.0
+) -> IncidentStatus:
+    """The incident's final status; an incident still running after `timeout_s` fails the
+    test with the phase it is stuck in (a broken rule shows up as a message, not a hang)."""
+    try:
+        return await asyncio.wait_for(handle.result(), timeout_s)
+    except TimeoutError:
+        status = await handle.query(IncidentWorkflow.status)
+        raise AssertionError(
+            f"incident {status.incident_id} still in phase {status.phase} after {timeout_s:.0f}s"
+            f" (reason: {status.reason})"
+        ) from None
 
 
 async def wait_for_phase(

@@ -4,23 +4,29 @@ received -> syncing -> investigating -> diagnosing -> patching -> verifying
 -> awaiting_approval -> opening_pr -> pr_opened, or a terminal phase on the way
 (triaged, notified, rejected, expired, rate_limited, failed).
 
-The workflow only orchestrates and keeps state. Activities are called by their fixed names
-(remedy.names) so implementations — the local or GitHub forge, an LLM backend, or a test
-double — register under those names without the workflow importing any I/O code.
+The workflow only orchestrates and keeps state. Activities are called by method reference
+(`execute_activity_method`), so mypy checks every request and result type; each definition
+carries its fixed name (remedy.names), under which test doubles register too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel
-
+    from activities.forge import LocalForge
+    from activities.git import GitActivities
+    from activities.github import GitHubActivities
+    from activities.index import IndexActivities
+    from activities.llm import DiagnosisActivities
+    from activities.sandbox import SandboxActivities
+    from activities.slack import SlackActivities
     from remedy import names, policy
     from remedy.models import (
         ApprovalRequest,
@@ -28,37 +34,29 @@ with workflow.unsafe.imports_passed_through():
         DecideResult,
         Decision,
         DiagnoseRequest,
-        DiagnosisResult,
-        Evidence,
         IncidentStart,
         IncidentStatus,
         IndexRequest,
-        IndexResult,
         InvestigateRequest,
-        IssueResult,
         NotifyRequest,
-        NotifyResult,
         OccurrenceSignal,
         OpenIssueRequest,
         PatchRequest,
-        PatchResult,
         Phase,
         PhaseChange,
-        Proposal,
         ProposeRequest,
         RecordIncidentRequest,
-        RecordIncidentResult,
         RegressionTestRequest,
-        RegressionTestResult,
         RelatedRequest,
-        RelatedResult,
         SyncRequest,
-        VerificationResult,
         VerifyRequest,
-        Worktree,
     )
 
-ResultT = TypeVar("ResultT", bound=BaseModel)
+RequestT = TypeVar("RequestT")
+ResultT = TypeVar("ResultT")
+
+# Search attributes are sent when they change, not all six on every phase.
+_PATCH_CHANGED_SEARCH_ATTRIBUTES = "upsert-changed-search-attributes"
 
 _DEFAULT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
@@ -165,11 +163,10 @@ class IncidentWorkflow:
 
         self._set_phase(Phase.SYNCING)
         worktree = await self._call(
-            names.ACTIVITY_SYNC_REPO,
+            GitActivities.sync_repo,
             SyncRequest(
                 incident_id=status.incident_id, service=start.service, release=start.event.release
             ),
-            Worktree,
             timeout=timedelta(minutes=15),
             heartbeat=timedelta(minutes=1),
         )
@@ -177,9 +174,8 @@ class IncidentWorkflow:
 
         self._set_phase(Phase.INDEXING)
         indexed = await self._optional(
-            names.ACTIVITY_INDEX_REPO,
+            IndexActivities.index_repo,
             IndexRequest(worktree=worktree, incident_id=status.incident_id),
-            IndexResult,
             timeout=timedelta(hours=1),
             heartbeat=timedelta(minutes=2),
             task_queue=start.index_task_queue,
@@ -193,13 +189,12 @@ class IncidentWorkflow:
             frames=start.event.frames,
         )
         evidence = await self._call(
-            names.ACTIVITY_INVESTIGATE, subject, Evidence, timeout=timedelta(minutes=5)
+            GitActivities.investigate, subject, timeout=timedelta(minutes=5)
         )
         if indexed is not None:
             related = await self._optional(
-                names.ACTIVITY_FIND_RELATED,
+                IndexActivities.find_related,
                 RelatedRequest(**subject.model_dump()),
-                RelatedResult,
                 timeout=timedelta(minutes=5),
                 task_queue=start.index_task_queue,
             )
@@ -215,7 +210,7 @@ class IncidentWorkflow:
 
         self._set_phase(Phase.DIAGNOSING)
         status.diagnosis = await self._call(
-            names.ACTIVITY_DIAGNOSE,
+            DiagnosisActivities.diagnose,
             DiagnoseRequest(
                 incident_id=status.incident_id,
                 severity=start.severity,
@@ -225,7 +220,6 @@ class IncidentWorkflow:
                 evidence=status.evidence,
                 policy=start.policy,
             ),
-            DiagnosisResult,
             timeout=timedelta(minutes=20),
             heartbeat=timedelta(minutes=2),
         )
@@ -247,14 +241,13 @@ class IncidentWorkflow:
             self._finish(Phase.TRIAGED, "; ".join(violations))
             return
         status.patch = await self._call(
-            names.ACTIVITY_PREPARE_PATCH,
+            GitActivities.prepare_patch,
             PatchRequest(
                 incident_id=status.incident_id,
                 worktree=worktree,
                 edits=diagnosis.edits,
                 policy=start.policy,
             ),
-            PatchResult,
             timeout=timedelta(minutes=5),
         )
         if not status.patch.applied:
@@ -269,7 +262,7 @@ class IncidentWorkflow:
 
         self._set_phase(Phase.VERIFYING)
         regression = await self._call(
-            names.ACTIVITY_WRITE_REGRESSION_TEST,
+            DiagnosisActivities.write_regression_test,
             RegressionTestRequest(
                 incident_id=status.incident_id,
                 severity=start.severity,
@@ -281,13 +274,12 @@ class IncidentWorkflow:
                 backend=status.diagnosis.backend,
                 tokens_used=status.llm_tokens,
             ),
-            RegressionTestResult,
             timeout=timedelta(minutes=20),
             heartbeat=timedelta(minutes=1),
         )
         self._spend(regression.tokens, regression.cost_usd)
         status.verification = await self._call(
-            names.ACTIVITY_VERIFY_PATCH,
+            SandboxActivities.verify_patch,
             VerifyRequest(
                 incident_id=status.incident_id,
                 worktree=worktree,
@@ -295,7 +287,6 @@ class IncidentWorkflow:
                 error=start.event.error,
                 regression_test=regression.test,
             ),
-            VerificationResult,
             # Four suite runs (before/after, suite/regression test) plus a clone.
             timeout=timedelta(hours=3),
             heartbeat=timedelta(minutes=2),
@@ -317,11 +308,10 @@ class IncidentWorkflow:
         self._set_phase(Phase.OPENING_PR)
         await self._notify()
         status.proposal = await self._call(
-            names.ACTIVITY_OPEN_PULL_REQUEST
+            GitHubActivities.open_pull_request
             if start.forge == "github"
-            else names.ACTIVITY_PROPOSE_CHANGE,
+            else LocalForge.propose_change,
             ProposeRequest(incident=status),
-            Proposal,
             timeout=timedelta(minutes=10),
         )
         self._finish(Phase.PR_OPENED, f"approved by {decision.approver}")
@@ -379,16 +369,12 @@ class IncidentWorkflow:
     async def _notify(self, kind: str = "update") -> None:
         """Post or edit the incident's Slack message. A chat outage never fails the incident."""
         request = NotifyRequest(incident=self._status, raw_error=self._raw_error(), kind=kind)
-        await self._optional(
-            names.ACTIVITY_NOTIFY, request, NotifyResult, timeout=timedelta(minutes=1)
-        )
+        await self._optional(SlackActivities.notify, request, timeout=timedelta(minutes=1))
 
     async def _open_issue(self) -> None:
         """One tracking issue per fingerprint for severities configured to get one."""
         request = OpenIssueRequest(incident=self._status, raw_error=self._raw_error())
-        await self._optional(
-            names.ACTIVITY_OPEN_ISSUE, request, IssueResult, timeout=timedelta(minutes=2)
-        )
+        await self._optional(GitHubActivities.open_issue, request, timeout=timedelta(minutes=2))
 
     async def _remember(self) -> None:
         """Closed incidents feed the past-incidents index that later evidence draws on."""
@@ -397,7 +383,7 @@ class IncidentWorkflow:
             return
         found = status.diagnosis.diagnosis if status.diagnosis else None
         await self._optional(
-            names.ACTIVITY_RECORD_INCIDENT,
+            IndexActivities.record_incident,
             RecordIncidentRequest(
                 incident_id=status.incident_id,
                 service=status.service,
@@ -410,7 +396,6 @@ class IncidentWorkflow:
                 reason=status.reason,
                 patch=status.patch.diff if status.patch else None,
             ),
-            RecordIncidentResult,
             timeout=timedelta(minutes=5),
             task_queue=self._start.index_task_queue,
         )
@@ -422,23 +407,43 @@ class IncidentWorkflow:
 
     # ------------------------------------------------------------------ helpers
 
+    @overload
     async def _optional(
         self,
-        activity: str,
-        request: BaseModel,
-        result_type: type[ResultT],
+        activity: Callable[[Any, RequestT], Awaitable[ResultT]],
+        request: RequestT,
         *,
         timeout: timedelta,
         heartbeat: timedelta | None = None,
         task_queue: str | None = None,
-    ) -> ResultT | None:
+    ) -> ResultT | None: ...
+
+    @overload
+    async def _optional(
+        self,
+        activity: Callable[[Any, RequestT], ResultT],
+        request: RequestT,
+        *,
+        timeout: timedelta,
+        heartbeat: timedelta | None = None,
+        task_queue: str | None = None,
+    ) -> ResultT | None: ...
+
+    async def _optional(
+        self,
+        activity: Callable[[Any, RequestT], Any],
+        request: RequestT,
+        *,
+        timeout: timedelta,
+        heartbeat: timedelta | None = None,
+        task_queue: str | None = None,
+    ) -> Any:
         """An enrichment (code index, past incidents): its failure narrows the evidence, it
         never fails the incident."""
         try:
             return await self._call(
                 activity,
                 request,
-                result_type,
                 timeout=timeout,
                 heartbeat=heartbeat,
                 retry=_SIDE_CHANNEL_RETRY,
@@ -446,31 +451,52 @@ class IncidentWorkflow:
             )
         except ActivityError as err:
             workflow.logger.warning(
-                "%s failed for %s: %s", activity, self._status.incident_id, err.cause
+                "%s failed for %s: %s", err.activity_type, self._status.incident_id, err.cause
             )
             return None
 
+    @overload
     async def _call(
         self,
-        activity: str,
-        request: BaseModel,
-        result_type: type[ResultT],
+        activity: Callable[[Any, RequestT], Awaitable[ResultT]],
+        request: RequestT,
         *,
         timeout: timedelta,
         heartbeat: timedelta | None = None,
         retry: RetryPolicy = _DEFAULT_RETRY,
         task_queue: str | None = None,
-    ) -> ResultT:
-        result: Any = await workflow.execute_activity(
+    ) -> ResultT: ...
+
+    @overload
+    async def _call(
+        self,
+        activity: Callable[[Any, RequestT], ResultT],
+        request: RequestT,
+        *,
+        timeout: timedelta,
+        heartbeat: timedelta | None = None,
+        retry: RetryPolicy = _DEFAULT_RETRY,
+        task_queue: str | None = None,
+    ) -> ResultT: ...
+
+    async def _call(
+        self,
+        activity: Callable[[Any, RequestT], Any],
+        request: RequestT,
+        *,
+        timeout: timedelta,
+        heartbeat: timedelta | None = None,
+        retry: RetryPolicy = _DEFAULT_RETRY,
+        task_queue: str | None = None,
+    ) -> Any:
+        return await workflow.execute_activity_method(
             activity,
             request,
-            result_type=result_type,
             start_to_close_timeout=timeout,
             heartbeat_timeout=heartbeat,
             retry_policy=retry,
             task_queue=task_queue,
         )
-        return result
 
     def _spend(self, tokens: int, cost_usd: float) -> None:
         self._status.llm_tokens += tokens
@@ -486,14 +512,21 @@ class IncidentWorkflow:
         self._set_phase(phase, reason)
 
     def _upsert_search_attributes(self) -> None:
+        """Send Temporal the search attributes that differ from what it already holds."""
         status = self._status
-        workflow.upsert_search_attributes(
-            [
-                names.SA_SERVICE.value_set(status.service),
-                names.SA_PHASE.value_set(status.phase.value),
-                names.SA_SEVERITY.value_set(status.severity.value),
-                names.SA_ERROR_TYPE.value_set(status.error_type),
-                names.SA_FINGERPRINT.value_set(status.fingerprint),
-                names.SA_OCCURRENCES.value_set(status.occurrences),
-            ]
-        )
+        current: list[SearchAttributeUpdate[Any]] = [
+            names.SA_SERVICE.value_set(status.service),
+            names.SA_PHASE.value_set(status.phase.value),
+            names.SA_SEVERITY.value_set(status.severity.value),
+            names.SA_ERROR_TYPE.value_set(status.error_type),
+            names.SA_FINGERPRINT.value_set(status.fingerprint),
+            names.SA_OCCURRENCES.value_set(status.occurrences),
+        ]
+        if not workflow.patched(_PATCH_CHANGED_SEARCH_ATTRIBUTES):
+            # Histories from before the patch upserted all six on every phase change.
+            workflow.upsert_search_attributes(current)
+            return
+        held = workflow.info().typed_search_attributes
+        changed = [update for update in current if held.get(update.key) != update.value]
+        if changed:
+            workflow.upsert_search_attributes(changed)
