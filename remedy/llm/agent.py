@@ -21,6 +21,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Rejected:
+    """No answer passed its checks: which way the last one failed, and why."""
+
     outcome: Literal["invalid", "malformed"]
     detail: str
 
