@@ -19,10 +19,13 @@ MAX_FRAMES = 100
 MAX_TRACEBACK_CHARS = 32_000
 
 
-def _clip_traceback(text: str | None) -> str | None:
+def clip_traceback(text: str | None) -> str | None:
+    """Both ends of an oversized traceback, in at most MAX_TRACEBACK_CHARS: where it started
+    and what finally failed. Clipping again changes nothing, so the watcher clips before
+    sending and the intake after receiving."""
     if text is None or len(text) <= MAX_TRACEBACK_CHARS:
         return text
-    half = MAX_TRACEBACK_CHARS // 2
+    half = (MAX_TRACEBACK_CHARS - 64) // 2  # room for the marker
     return f"{text[:half]}\n... [{len(text) - 2 * half} characters clipped] ...\n{text[-half:]}"
 
 
@@ -33,7 +36,7 @@ def build_incident_start(event: ErrorEvent, config: RemedyConfig) -> IncidentSta
     frames = event.frames or parse_traceback(event.traceback or "")
     frames = mark_in_app(frames, service.in_app_include)[-MAX_FRAMES:]
     event = event.model_copy(
-        update={"frames": frames, "traceback": _clip_traceback(event.traceback)}
+        update={"frames": frames, "traceback": clip_traceback(event.traceback)}
     )
     severity = severity_for(event.error, config.policy.default_severity)
     return IncidentStart(

@@ -72,9 +72,10 @@ def _lines(text: str) -> list[str]:
 
 # ---------------------------------------------------------------------------- Python
 
-_PY_HEADER = "Traceback (most recent call last):"
+# Python's own markers; the log watcher finds plain tracebacks in log files by them.
+PYTHON_TRACEBACK_HEADER = "Traceback (most recent call last):"
 _PY_GROUP_HEADER = "Exception Group Traceback (most recent call last):"
-_PY_CHAIN_SEPARATORS = frozenset(
+PYTHON_CHAIN_SEPARATORS = frozenset(
     {
         "During handling of the above exception, another exception occurred:",
         "The above exception was the direct cause of the following exception:",
@@ -141,7 +142,10 @@ class _PythonBlock:
 def _python_last_block(lines: list[str]) -> _PythonBlock:
     for index in range(len(lines) - 1, -1, -1):
         content = lines[index].strip()
-        if content in (_PY_HEADER, _PY_GROUP_HEADER) or content in _PY_CHAIN_SEPARATORS:
+        if (
+            content in (PYTHON_TRACEBACK_HEADER, _PY_GROUP_HEADER)
+            or content in PYTHON_CHAIN_SEPARATORS
+        ):
             return _PythonBlock(lines[index + 1 :], content == _PY_GROUP_HEADER)
     return _PythonBlock(lines, False)
 

@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
+from remedy.watch.tail import WatchError
 from starter.cli_common import DEFAULT_CONFIG, ConfigOption, fail, load_or_exit
-from starter.watch import Watcher, WatchError
+from starter.watch import Watcher
 
 OnceOption = Annotated[
     bool,

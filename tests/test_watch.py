@@ -17,7 +17,8 @@ import typer
 from typer.testing import CliRunner
 
 from remedy.config import RemedyConfig, ServiceConfig
-from starter.watch import Watcher, WatchError
+from remedy.watch.tail import WatchError
+from starter.watch import Watcher
 from starter.watch_cli import register
 from tests.fakes.remedy_intake import IntakeReceiver, RealIntake, free_port
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from starter.watch import Found, event_from_json, event_from_traceback, scan
+from remedy.watch.formats import Found, event_from_json, event_from_traceback, scan
 
 PY_TRACEBACK = (
     "Traceback (most recent call last):\n"

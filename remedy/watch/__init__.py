@@ -1,0 +1,1 @@
+"""`remedy watch` without its HTTP: log records into error events, and files followed durably."""
