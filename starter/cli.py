@@ -203,8 +203,8 @@ def incidents_show(
     as_json: JsonOption = False,
 ) -> None:
     """Show one incident: phase, evidence, diagnosis, verification, proposal."""
+    from remedy.render.terminal import render_status
     from starter.incidents import IncidentNotFound, incident_status
-    from starter.render import render_status
     from starter.temporal_client import connect
 
     loaded = load_or_exit(config)

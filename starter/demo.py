@@ -23,10 +23,10 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 
 from remedy.config import RemedyConfig, secret
 from remedy.models import TERMINAL_PHASES, IncidentStatus, Phase
+from remedy.render.terminal import render_status
 from starter.client import IntakeClient, IntakeRejected, intake_url
 from starter.dev import DevError, DevStack
 from starter.incidents import decide, incident_status
-from starter.render import render_status
 from starter.temporal_client import connect
 
 DEMO_SERVICE = "demo"

@@ -1,4 +1,4 @@
-"""Plain-text rendering of an incident for `remedy incidents show` and `remedy demo`."""
+"""An incident as plain text for the terminal (`remedy incidents show`, `remedy demo`)."""
 
 from __future__ import annotations
 
