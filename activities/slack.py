@@ -15,6 +15,7 @@ must be a member of the channel.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,6 +31,7 @@ from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig, secret
 from remedy.models import IncidentStatus, NotifyRequest, NotifyResult
 from remedy.render.slack import Blocks, detail_text, render_message
+from remedy.retry_after import retry_after_s
 
 MESSAGE_EVENT = "remedy_incident"
 DETAIL_EVENT = "remedy_incident_detail"
@@ -73,10 +75,8 @@ def slack_failure(exc: SlackApiError) -> ApplicationError:
     error = str(response.get("error") or f"HTTP {response.status_code}")
     if response.status_code == 429 or error == "ratelimited":
         headers = {key.lower(): value for key, value in (response.headers or {}).items()}
-        try:
-            delay = max(1, int(headers.get("retry-after", "30")))
-        except ValueError:
-            delay = 30
+        wait_s = retry_after_s(headers.get("retry-after"))
+        delay = max(1, math.ceil(wait_s)) if wait_s is not None else 30
         return ApplicationError(
             f"Slack {method}: rate limited; retrying in {delay}s as Slack asks",
             type="SlackRateLimited",

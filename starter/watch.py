@@ -35,6 +35,7 @@ from tenacity import (
 
 from remedy.config import RemedyConfig, secret
 from remedy.models import ErrorEvent
+from remedy.retry_after import retry_after_s
 from remedy.watch.formats import Found, event_from_json, event_from_traceback
 from remedy.watch.tail import TailedFile, WatchError, WatchState
 from starter.client import intake_url
@@ -57,9 +58,9 @@ class IntakeDown(Exception):
 class _Unavailable(Exception):
     """One attempt that may succeed later: no connection, 429 or 5xx."""
 
-    def __init__(self, problem: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, problem: str, retry_after: float | None = None) -> None:
         super().__init__(problem)
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = retry_after
 
 
 class Watcher:
@@ -259,15 +260,6 @@ class Watcher:
         if response.status_code == 429 or response.status_code >= 500:
             raise _Unavailable(
                 f"the intake answered HTTP {response.status_code}",
-                _retry_after_s(response.headers.get("retry-after")),
+                retry_after_s(response.headers.get("retry-after")),
             )
         return response
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None

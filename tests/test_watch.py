@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import typer
 from typer.testing import CliRunner
 
 from remedy.config import RemedyConfig, ServiceConfig
+from remedy.retry_after import retry_after_s
 from remedy.watch.tail import WatchError
 from starter.watch import Watcher
 from starter.watch_cli import register
@@ -269,6 +271,16 @@ def test_retries_429_and_5xx_without_skipping_and_drops_4xx(
     assert messages(receiver) == ["m2"]
     assert run_once(config) == 0
     assert len(receiver.attempts) == 4
+
+
+def test_retry_after_is_read_as_seconds_or_as_a_date() -> None:
+    now = datetime(2026, 11, 21, 9, 0, 0, tzinfo=UTC)
+    assert retry_after_s("7") == 7.0 and retry_after_s(" 1.5 ") == 1.5
+    assert retry_after_s("Sat, 21 Nov 2026 09:00:30 GMT", now=now) == 30.0
+    assert retry_after_s("Sat, 21 Nov 2026 08:59:00 GMT", now=now) == 0.0
+    for unusable in (None, "", "soon", "inf", "nan"):
+        assert retry_after_s(unusable) is None
+    assert retry_after_s("-3") == 0.0
 
 
 WATCH_SCRIPT = """
