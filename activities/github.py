@@ -1,9 +1,9 @@
 """GitHub: the approved change as a draft pull request, and one issue per severe fingerprint.
 
-`GitHubActivities` is the `github` implementation of the forge interface (activities/forge.py has
-the interface and the `local` push). It needs no git credentials on the worker: the change is
-written through the Git Data API (blobs, a tree, a commit on the base branch's current head,
-the ref `remedy/<incident>`), with a token or a GitHub App installation.
+`GitHubActivities` is the `github` forge (activities/forge.py has the `local` push; the text
+of both comes from remedy.render.pull_request). It needs no git credentials on the worker: the
+change is written through the Git Data API (blobs, a tree, a commit on the base branch's
+current head, the ref `remedy/<incident>`), with a token or a GitHub App installation.
 
 Idempotent by look-before-create: the incident's pull request, then its branch, are looked
 for before anything is made; "already exists" answers (422) turn into lookups. The branch's
@@ -18,7 +18,6 @@ errors are retried by Temporal (PyGithub's own retries and waits are off).
 from __future__ import annotations
 
 import base64
-import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -32,13 +31,7 @@ from github.Repository import Repository
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.forge import (
-    INCIDENT_TRAILER,
-    approval_of,
-    commit_message,
-    pull_request_body,
-    pull_request_title,
-)
+from activities.forge import approval_of
 from remedy import names, patching
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig, secret
@@ -50,10 +43,17 @@ from remedy.models import (
     Proposal,
     ProposeRequest,
 )
+from remedy.render.pull_request import (
+    INCIDENT_TRAILER,
+    commit_message,
+    issue_body,
+    issue_marker,
+    issue_title,
+    pull_request_body,
+    pull_request_title,
+)
 
-FINGERPRINT_MARKER = "remedy-fingerprint"
 _DEFAULT_RATE_LIMIT_WAIT_S = 60
-_RAW_ERROR_CHARS = 6000
 
 
 class GitHubSetupError(Exception):
@@ -204,7 +204,7 @@ class GitHubActivities:
             client = self._client(repo_name)
         except GitHubSetupError as exc:
             return IssueResult(opened=False, reason=str(exc))
-        marker = f"<!-- {FINGERPRINT_MARKER}: {incident.service}/{incident.fingerprint} -->"
+        marker = issue_marker(incident)
         labels = list(self._config.github.issue_labels)
         doing = f"looking for the issue of {incident.service}/{incident.fingerprint}"
         try:
@@ -214,8 +214,8 @@ class GitHubActivities:
                     return IssueResult(opened=True, number=issue.number, url=issue.html_url)
             doing = f"opening an issue in {repo_name}"
             created = repo.create_issue(
-                title=_issue_title(incident),
-                body=_issue_body(incident, request.raw_error, marker),
+                title=issue_title(incident),
+                body=issue_body(incident, request.raw_error),
                 labels=labels,
             )
         except GithubException as exc:
@@ -223,7 +223,7 @@ class GitHubActivities:
         activity.logger.info("opened issue #%s for %s", created.number, incident.incident_id)
         return IssueResult(opened=True, created=True, number=created.number, url=created.html_url)
 
-    # -- the forge interface ---------------------------------------------------
+    # -- the forge ---------------------------------------------------------------
 
     def publish(self, incident: IncidentStatus) -> Proposal:
         """Open (or find) the incident's pull request; a retry returns the same one."""
@@ -425,34 +425,3 @@ class GitHubActivities:
                                      self._config) from None  # fmt: skip
             self._installations[repo_name] = installation.id
         return self._installations[repo_name]
-
-
-# ---------------------------------------------------------------------------- issue text
-
-
-def _issue_title(incident: IncidentStatus) -> str:
-    message = " ".join(incident.error_message.split())
-    title = f"[{incident.severity.value}] {incident.error_type} in {incident.service}: {message}"
-    return title if len(title) <= 120 else title[:119] + "…"
-
-
-def _issue_body(incident: IncidentStatus, raw_error: str, marker: str) -> str:
-    raw = raw_error.strip() or f"{incident.error_type}: {incident.error_message}"
-    if len(raw) > _RAW_ERROR_CHARS:
-        raw = "…" + raw[-_RAW_ERROR_CHARS:]
-    # A fence longer than any backtick run inside, so the error text cannot close it early.
-    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", raw)), default=0))
-    lines = [
-        f"Remedy saw this {incident.severity.value} error in `{incident.service}` "
-        f"({incident.occurrences} occurrence(s), first {incident.first_seen.isoformat()}"
-        + (f", release `{incident.release}`" if incident.release else "")
-        + ").",
-        "",
-        f"{fence}\n{raw}\n{fence}",
-    ]
-    if incident.evidence is not None and incident.evidence.summary:
-        lines += ["", "## Evidence", "", incident.evidence.summary]
-    if incident.ui_url:
-        lines += ["", f"[Incident {incident.incident_id} in the Temporal UI]({incident.ui_url})"]
-    lines += ["", marker]
-    return "\n".join(lines) + "\n"

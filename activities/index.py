@@ -18,7 +18,6 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.git import GitError, RepoFiles, redact_location, run_git
 from activities.index_core import MAX_PATCH_CHARS, CodeHit, CodeIndex
 from activities.index_embed import get_embedder
 from activities.index_store import EdgeStore, ServerStore, StoreError, VectorStore
@@ -26,6 +25,8 @@ from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig, secret
 from remedy.evidence import is_test_path
+from remedy.git.history import RepoFiles
+from remedy.git.runner import GitError, redact_location, run_git
 from remedy.models import (
     Frame,
     IndexRequest,

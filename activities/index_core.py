@@ -30,10 +30,10 @@ from typing import Any
 
 import pathspec
 
-from activities.git import run_git
 from activities.index_embed import Embedder, lexical_document, lexical_query
 from activities.index_store import RRF_K, Hit, PointData, VectorStore, Where, point_id
 from remedy.chunking import Chunk, chunk_file, decode_source, skip_reason_for_path
+from remedy.git.runner import run_git
 from remedy.models import IndexResult
 
 EMBED_GROUP = 256

@@ -25,7 +25,8 @@ def _checkout_for_service(
     config: RemedyConfig, service: str, commit: str | None
 ) -> tuple[Path, str]:
     """The service's mirror (fetched now) and the commit to index: `commit` or the branch head."""
-    from activities.git import GitError, locked, mirror_for, resolve_commit, update_mirror
+    from remedy.git.mirror import locked, mirror_for, update_mirror
+    from remedy.git.runner import GitError, resolve_commit
 
     branch = config.service(service).branch
     mirror = mirror_for(config, service)
@@ -46,7 +47,7 @@ def _checkout_for_service(
 
 
 def _checkout_for_path(repo: Path, commit: str | None) -> tuple[Path, str]:
-    from activities.git import resolve_commit
+    from remedy.git.runner import resolve_commit
 
     if not repo.is_dir():
         raise fail(f"--repo {repo}: no such directory (pass a local git checkout)")

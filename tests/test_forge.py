@@ -12,7 +12,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.forge import LocalForge, pull_request_title
+from activities.forge import LocalForge
 from activities.git import GitActivities
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
@@ -37,6 +37,7 @@ from remedy.models import (
     VerificationResult,
 )
 from remedy.names import branch_for
+from remedy.render.pull_request import pull_request_title
 from tests.repos import ALICE, BOB, ServiceRepo, git, make_service_repo, serve_over_http
 
 Via = Literal["path", "url"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -17,16 +18,13 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.git import (
-    GitActivities,
-    GitError,
-    RepoFiles,
-    mirror_for,
-    redact_location,
-    run_git,
-)
+from activities.git import GitActivities
+from activities.progress import heartbeat
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
+from remedy.git.history import RepoFiles
+from remedy.git.mirror import mirror_for
+from remedy.git.runner import GitError, redact_location, run_git, run_git_async
 from remedy.models import (
     Edit,
     ErrorInfo,
@@ -283,9 +281,55 @@ def test_a_hung_git_command_heartbeats_then_is_killed() -> None:
     env.on_heartbeat = lambda *details: beats.append(details)
     started = time.monotonic()
     with pytest.raises(GitError, match="timed out"):
-        env.run(run_git, ["-c", "alias.hang=!sleep 60", "hang"], timeout=1.0)
+        env.run(run_git, ["-c", "alias.hang=!sleep 60", "hang"], timeout=1.0, on_wait=heartbeat)
     assert time.monotonic() - started < 10
     assert beats, "a running git command must heartbeat"
+
+
+async def test_the_async_runner_reports_waits_and_times_out_like_the_sync_one() -> None:
+    notes: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(GitError, match="timed out"):
+        await run_git_async(
+            ["-c", "alias.hang=!sleep 60", "hang"], timeout=1.0, on_wait=notes.append
+        )
+    assert time.monotonic() - started < 10
+    assert notes and notes[0] == "git hang running"
+
+    same = (["hash-object", "--stdin"], b"same input, same blob\n")
+    assert await run_git_async(same[0], input=same[1]) == run_git(same[0], input=same[1])
+    failed = await run_git_async(["rev-parse", "--verify", "no-such-rev"], check=False)
+    assert failed.returncode != 0
+    with pytest.raises(GitError, match="rev-parse failed"):
+        await run_git_async(["rev-parse", "--verify", "no-such-rev"])
+
+
+def _running(pid: str) -> bool:
+    """Whether the process lives; a killed one is gone, or a zombie waiting to be reaped."""
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ", 1)[-1][:1] != "Z"
+
+
+async def test_cancelling_the_async_runner_kills_git_and_its_children(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    running = asyncio.ensure_future(
+        run_git_async(["-c", f"alias.hang=!echo $$ > {pid_file}.tmp; mv {pid_file}.tmp "
+                       f"{pid_file}; exec sleep 60", "hang"])
+    )  # fmt: skip
+    for _ in range(200):
+        if pid_file.exists():
+            break
+        await asyncio.sleep(0.05)
+    pid = pid_file.read_text().strip()
+    assert _running(pid)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    for _ in range(100):
+        if not _running(pid):
+            break
+        await asyncio.sleep(0.05)
+    assert not _running(pid), "the child of a cancelled git command survived"
 
 
 def test_git_runs_without_prompts_or_redirection(tmp_path: Path) -> None:

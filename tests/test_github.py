@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.forge import INCIDENT_TRAILER
 from activities.github import GitHubActivities
 from remedy.artifacts import ArtifactStore
 from remedy.config import GitHubConfig, RemedyConfig, ServiceConfig
@@ -26,6 +25,7 @@ from remedy.models import (
     ProposeRequest,
     Severity,
 )
+from remedy.render.pull_request import INCIDENT_TRAILER
 from tests.fakes.github_server import TOKEN, GitHubServer
 from tests.fakes.incident_factory import (
     APPROVER,

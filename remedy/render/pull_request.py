@@ -1,0 +1,202 @@
+"""Forge text: the pull request's title and body, the commit message, the GitHub issue.
+
+Functions from an incident to Markdown or plain text, shared by both forges (the local push
+stores the body beside the incident; GitHub opens it). Untrusted text (error messages,
+tracebacks, commit subjects) is fenced or escaped here, in one place.
+"""
+
+from __future__ import annotations
+
+import re
+
+from remedy.models import IncidentStatus
+
+INCIDENT_TRAILER = "Remedy-Incident"
+FINGERPRINT_MARKER = "remedy-fingerprint"
+MAX_TITLE_CHARS = 72
+MAX_ISSUE_TITLE_CHARS = 120
+MAX_BODY_DIFF_LINES = 200
+MAX_RAW_ERROR_CHARS = 6000
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _fence(text: str, language: str = "") -> str:
+    """A fenced block that no backtick run inside `text` can close early."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{text.rstrip()}\n{fence}"
+
+
+def _cell(text: str) -> str:
+    return _one_line(text).replace("|", "\\|")
+
+
+def _failing_file(incident: IncidentStatus) -> str | None:
+    if incident.evidence:
+        for frame in incident.evidence.frames:
+            if frame.found:
+                return frame.path
+    if incident.patch and incident.patch.files:
+        return incident.patch.files[0]
+    return None
+
+
+# ---------------------------------------------------------------------------- the change
+
+
+def pull_request_title(incident: IncidentStatus) -> str:
+    """`fix(<service>): <diagnosis summary>`, or `<error type> in <file>` without one."""
+    prefix = f"fix({incident.service}): "
+    diagnosis = incident.diagnosis.diagnosis if incident.diagnosis else None
+    if diagnosis and diagnosis.summary.strip():
+        subject = _one_line(diagnosis.summary.strip().splitlines()[0]).rstrip(".")
+    else:
+        where = _failing_file(incident)
+        subject = f"{incident.error_type} in {where}" if where else incident.error_type
+    return _clip(prefix + subject, MAX_TITLE_CHARS)
+
+
+def commit_message(incident: IncidentStatus, title: str) -> str:
+    """Title, the diagnosis in a paragraph, and the trailer that marks the branch as ours."""
+    diagnosis = incident.diagnosis.diagnosis if incident.diagnosis else None
+    paragraphs = [title]
+    if diagnosis:
+        paragraphs.append(_clip(_one_line(diagnosis.root_cause or diagnosis.summary), 1000))
+    else:
+        paragraphs.append(
+            _clip(_one_line(f"{incident.error_type}: {incident.error_message}"), 1000)
+        )
+    paragraphs.append(f"{INCIDENT_TRAILER}: {incident.incident_id}")
+    return "\n\n".join(p for p in paragraphs if p) + "\n"
+
+
+def pull_request_body(incident: IncidentStatus, diff: str) -> str:
+    """The Markdown a reviewer reads: error, cause, evidence, suspects, change, checks, approval."""
+    out = [f"Remedy prepared this change for incident `{incident.incident_id}` "
+           f"of service `{incident.service}`."]  # fmt: skip
+
+    out += ["", "## Error", "", _fence(f"{incident.error_type}: {incident.error_message}")]
+    out.append(
+        f"\n{incident.occurrences} occurrence(s), first seen {incident.first_seen.isoformat()}"
+        + (f", release `{incident.release}`." if incident.release else ".")
+    )
+    evidence = incident.evidence
+    if evidence and evidence.frames:
+        stack = [
+            f"{f.path}:{f.line or '?'} in {f.function or '?'}"
+            + ("" if f.found else " (not found in the repository)")
+            for f in evidence.frames[:10]
+        ]
+        out += ["", "Stack, innermost first:", "", _fence("\n".join(stack))]
+
+    result = incident.diagnosis
+    diagnosis = result.diagnosis if result else None
+    if result and diagnosis:
+        out += ["", "## Root cause", "", diagnosis.root_cause.strip() or diagnosis.summary.strip()]
+        confidence = f"Confidence: {diagnosis.confidence:.0%}"
+        if result.backend:
+            # What the model spent on this fix: reviewers see the running cost of Remedy.
+            confidence += (
+                f" ({result.backend}). Diagnosis: {result.tokens:,} tokens, "
+                f"estimated cost ${result.cost_usd:.4f}"
+            )
+        out.append(f"\n{confidence}.")
+        if incident.llm_tokens > result.tokens:
+            # The regression test (and any later call) spends beyond the diagnosis itself.
+            out.append(
+                f"All model calls of this incident: {incident.llm_tokens:,} tokens, "
+                f"estimated cost ${incident.llm_cost_usd:.4f}."
+            )
+        if diagnosis.evidence:
+            out += ["", "Evidence:"]
+            out += [f"- `{line.path}:{line.line}`" for line in diagnosis.evidence]
+    if evidence and evidence.summary:
+        out += ["", "## Investigation", "", _fence(evidence.summary)]
+    if evidence and evidence.suspect_commits:
+        out += ["", "Suspect commits:", "", "| Commit | Author | Date | Subject | Why |",
+                "|---|---|---|---|---|"]  # fmt: skip
+        out += [
+            f"| `{s.sha[:12]}` | {_cell(s.author)} | {s.date[:10]} | {_cell(s.subject)} "
+            f"| {_cell(s.reason)} |"
+            for s in evidence.suspect_commits
+        ]
+
+    patch = incident.patch
+    if patch:
+        out += ["", "## Change", ""]
+        out.append(
+            f"{len(patch.files)} file(s), +{patch.lines_added} -{patch.lines_removed}: "
+            + ", ".join(f"`{path}`" for path in patch.files)
+        )
+        lines = diff.splitlines()
+        shown = "\n".join(lines[:MAX_BODY_DIFF_LINES])
+        if len(lines) > MAX_BODY_DIFF_LINES:
+            shown += f"\n… {len(lines) - MAX_BODY_DIFF_LINES} more lines in the branch"
+        out += ["", "<details><summary>Diff</summary>", "", _fence(shown, "diff"), "", "</details>"]
+
+    verification = incident.verification
+    out += ["", "## Verification", ""]
+    if verification:
+        ran = f", {verification.tests_run} tests" if verification.tests_run is not None else ""
+        out.append(f"**{verification.status}**{ran}. {verification.summary}".rstrip())
+        if verification.new_failures:
+            out += [f"- new failure: `{name}`" for name in verification.new_failures[:10]]
+    else:
+        out.append("Not run.")
+
+    decision = incident.approval.decision if incident.approval else None
+    if decision:
+        out += [
+            "",
+            "## Approval",
+            "",
+            f"Approved by {decision.approver} at {decision.at.isoformat()}.",
+        ]
+    if incident.ui_url:
+        out += ["", f"[The incident in the Temporal UI]({incident.ui_url})"]
+    out += ["", "---", f"{INCIDENT_TRAILER}: {incident.incident_id}"]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------- the issue
+
+
+def issue_marker(incident: IncidentStatus) -> str:
+    """The hidden line that finds the issue of this (service, fingerprint) again."""
+    return f"<!-- {FINGERPRINT_MARKER}: {incident.service}/{incident.fingerprint} -->"
+
+
+def issue_title(incident: IncidentStatus) -> str:
+    message = _one_line(incident.error_message)
+    title = f"[{incident.severity.value}] {incident.error_type} in {incident.service}: {message}"
+    return (
+        title if len(title) <= MAX_ISSUE_TITLE_CHARS else title[: MAX_ISSUE_TITLE_CHARS - 1] + "…"
+    )
+
+
+def issue_body(incident: IncidentStatus, raw_error: str) -> str:
+    """The error as it arrived, the evidence summary, the UI link and the marker."""
+    raw = raw_error.strip() or f"{incident.error_type}: {incident.error_message}"
+    if len(raw) > MAX_RAW_ERROR_CHARS:
+        raw = "…" + raw[-MAX_RAW_ERROR_CHARS:]
+    lines = [
+        f"Remedy saw this {incident.severity.value} error in `{incident.service}` "
+        f"({incident.occurrences} occurrence(s), first {incident.first_seen.isoformat()}"
+        + (f", release `{incident.release}`" if incident.release else "")
+        + ").",
+        "",
+        _fence(raw),
+    ]
+    if incident.evidence is not None and incident.evidence.summary:
+        lines += ["", "## Evidence", "", incident.evidence.summary]
+    if incident.ui_url:
+        lines += ["", f"[Incident {incident.incident_id} in the Temporal UI]({incident.ui_url})"]
+    lines += ["", issue_marker(incident)]
+    return "\n".join(lines) + "\n"
