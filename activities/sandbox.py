@@ -35,10 +35,11 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.git import git_env
+from activities.progress import heartbeat
 from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
+from remedy.git.runner import run_git_async
 from remedy.models import ArtifactRef, CommandRun, VerificationResult, VerifyRequest
 from remedy.patching import repo_path
 
@@ -48,7 +49,6 @@ MAX_STORED_LOG_BYTES = 4 * 1024 * 1024
 PARSED_TAIL_BYTES = 256 * 1024
 MB = 1024 * 1024
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 _PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|errors?)\b")
 _PYTEST_SUMMARY = re.compile(r"^=*\s*\d+ \w+.* in [\d.]+s", re.MULTILINE)
 _PYTEST_FAILURE = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
@@ -71,11 +71,6 @@ class SandboxOutcome:
     timed_out: bool
     signal: str | None
     duration_s: float
-
-
-def _heartbeat(note: str) -> None:
-    if activity.in_activity():
-        activity.heartbeat(note)
 
 
 def network_isolation_prefix() -> list[str] | None:
@@ -180,7 +175,7 @@ async def run_sandboxed(
                 await asyncio.wait_for(proc.wait(), min(HEARTBEAT_INTERVAL_S, remaining))
                 break
             except TimeoutError:
-                _heartbeat(f"tests running for {time.monotonic() - started:.0f}s")
+                heartbeat(f"tests running for {time.monotonic() - started:.0f}s")
     finally:
         # Background children outlive their parent otherwise.
         _kill_group(proc.pid)
@@ -264,22 +259,9 @@ class _Scratch:
 
 
 async def _git(*args: str | Path) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "git",
-        *(str(a) for a in args),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=git_env(),
-        start_new_session=True,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), GIT_TIMEOUT_S)
-    finally:
-        if proc.returncode is None:
-            _kill_group(proc.pid)
-            await proc.wait()
-    return proc.returncode or 0, out.decode("utf-8", errors="replace").strip()
+    """(exit code, output and errors) of a git command preparing the scratch clone."""
+    result = await run_git_async(args, timeout=GIT_TIMEOUT_S, check=False, on_wait=heartbeat)
+    return result.returncode, "\n".join(filter(None, [result.text, result.stderr.strip()]))
 
 
 class SandboxActivities:
@@ -331,13 +313,10 @@ class SandboxActivities:
 
     @activity.defn(name=names.ACTIVITY_VERIFY_PATCH)
     async def verify_patch(self, request: VerifyRequest) -> VerificationResult:
-        incident = request.incident_id
-        if not _SAFE_ID.match(incident):
-            raise ApplicationError(
-                f"incident id {incident!r} must be letters, digits, '.', '_' or '-'",
-                type="BadRequest",
-                non_retryable=True,
-            )
+        try:
+            incident = names.safe_id(request.incident_id, "incident id")
+        except ValueError as exc:
+            raise ApplicationError(str(exc), type="BadRequest", non_retryable=True) from None
         service = self._config.services.get(request.worktree.service)
         command = service.test_command if service else None
         if not command:

@@ -10,14 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from remedy.models import ArtifactRef
-
-_SAFE_PART = re.compile(r"^[A-Za-z0-9._-]+$")
+from remedy.names import is_safe_id
 
 
 class ArtifactStore:
@@ -26,7 +24,7 @@ class ArtifactStore:
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
-        if not parts or any(not _SAFE_PART.match(p) or p in {".", ".."} for p in parts):
+        if not parts or any(not is_safe_id(p) for p in parts):
             raise ValueError(f"artifact key {key!r} must be '/'-separated names of [A-Za-z0-9._-]")
         return self.root.joinpath(*parts)
 

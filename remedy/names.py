@@ -87,8 +87,13 @@ def parse_incident_id(incident_id: str) -> tuple[str, str | None]:
 SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
+def is_safe_id(value: str) -> bool:
+    """Whether `value` is safe as one path component (and so as a file or folder name)."""
+    return SAFE_ID.match(value) is not None and value not in {".", ".."}
+
+
 def safe_id(value: str, what: str) -> str:
     """`value` when it is safe as one path component; ValueError naming `what` otherwise."""
-    if not SAFE_ID.match(value) or value in {".", ".."}:
+    if not is_safe_id(value):
         raise ValueError(f"{what} {value!r} must be letters, digits, '.', '_' or '-'")
     return value
