@@ -163,7 +163,7 @@ async def test_policy_narrows_an_out_of_scope_diagnosis_to_triage(
     fakes.diagnosis = fix_diagnosis(
         Edit(path="app/auth/login.py", search="check(", replace="True or check(")
     )
-    final = await (await start_incident(client, task_queue, make_start())).result()
+    final = await finished(await start_incident(client, task_queue, make_start()))
     assert final.phase == Phase.TRIAGED
     assert final.reason is not None and "app/auth/login.py" in final.reason
     assert "prepare_patch" not in fakes.calls
@@ -174,7 +174,7 @@ async def test_failing_verification_never_asks_for_approval(
 ) -> None:
     fakes.diagnosis = fix_diagnosis()
     fakes.verification = "failed"
-    final = await (await start_incident(client, task_queue, make_start())).result()
+    final = await finished(await start_incident(client, task_queue, make_start()))
     assert final.phase == Phase.TRIAGED
     assert final.approval is None
 
@@ -185,7 +185,7 @@ async def test_permanent_activity_error_fails_the_incident_with_its_reason(
     fakes.sync_error = ApplicationError(
         "commit 0000000 not found in shop", type="CommitNotFound", non_retryable=True
     )
-    final = await (await start_incident(client, task_queue, make_start())).result()
+    final = await finished(await start_incident(client, task_queue, make_start()))
     assert final.phase == Phase.FAILED
     assert final.reason is not None and "commit 0000000 not found" in final.reason
     assert fakes.calls["sync_repo"] == 1
@@ -194,7 +194,7 @@ async def test_permanent_activity_error_fails_the_incident_with_its_reason(
 async def test_below_the_bar_is_notified_only(
     client: Client, task_queue: str, fakes: FakeActivities
 ) -> None:
-    final = await (await start_incident(client, task_queue, make_start(notify_only=True))).result()
+    final = await finished(await start_incident(client, task_queue, make_start(notify_only=True)))
     assert final.phase == Phase.NOTIFIED
     assert fakes.calls == {"notify": 1}
     assert fakes.notifications == [("update", Phase.NOTIFIED)]
