@@ -50,36 +50,21 @@ Blocks = list[dict[str, Any]]
 class SlackIncident(Protocol):
     """The incident facts the message shows (IncidentStatus has them, and more)."""
 
-    @property
-    def incident_id(self) -> str: ...
-    @property
-    def service(self) -> str: ...
-    @property
-    def phase(self) -> Phase: ...
-    @property
-    def severity(self) -> Severity: ...
-    @property
-    def error_type(self) -> str: ...
-    @property
-    def error_message(self) -> str: ...
-    @property
-    def occurrences(self) -> int: ...
-    @property
-    def reason(self) -> str | None: ...
-    @property
-    def ui_url(self) -> str: ...
-    @property
-    def evidence(self) -> Evidence | None: ...
-    @property
-    def diagnosis(self) -> DiagnosisResult | None: ...
-    @property
-    def patch(self) -> PatchResult | None: ...
-    @property
-    def verification(self) -> VerificationResult | None: ...
-    @property
-    def approval(self) -> ApprovalRequest | None: ...
-    @property
-    def proposal(self) -> Proposal | None: ...
+    incident_id: str
+    service: str
+    phase: Phase
+    severity: Severity
+    error_type: str
+    error_message: str
+    occurrences: int
+    reason: str | None
+    ui_url: str
+    evidence: Evidence | None
+    diagnosis: DiagnosisResult | None
+    patch: PatchResult | None
+    verification: VerificationResult | None
+    approval: ApprovalRequest | None
+    proposal: Proposal | None
 
 
 # ---------------------------------------------------------------------------- text pieces
