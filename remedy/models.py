@@ -348,6 +348,31 @@ class IncidentStatus(BaseModel):
     ui_url: str = ""
     history: list[PhaseChange] = Field(default_factory=list)
 
+    def digest(self, *, with_change: bool = False) -> IncidentStatus:
+        """The status as a message or a forge reads it, for activity inputs: history keeps
+        each input, so the phase log, related code and per-call model accounting stay in
+        the `status` query and the artifacts. The change itself (the edits and the worktree
+        they apply to) comes along only `with_change`."""
+        evidence = self.evidence
+        if evidence is not None:
+            evidence = evidence.model_copy(update={"related_code": [], "similar_incidents": []})
+        diagnosis = self.diagnosis
+        if diagnosis is not None:
+            found = diagnosis.diagnosis
+            if found is not None and not with_change:
+                found = found.model_copy(update={"edits": []})
+            diagnosis = diagnosis.model_copy(
+                update={"diagnosis": found, "usage": [], "attempts": [], "tool_calls": []}
+            )
+        return self.model_copy(
+            update={
+                "history": [],
+                "worktree": self.worktree if with_change else None,
+                "evidence": evidence,
+                "diagnosis": diagnosis,
+            }
+        )
+
 
 # ---------------------------------------------------------------------------- activity requests
 

@@ -13,7 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from remedy import names
-from remedy.models import DecideRequest, Edit, OccurrenceSignal, Phase
+from remedy.models import DecideRequest, Edit, NotifyRequest, OccurrenceSignal, Phase
 from tests.workflow_harness import (
     APPROVER,
     FakeActivities,
@@ -121,6 +121,12 @@ async def test_approval_path_validates_every_decision_then_proposes_once(
         ("update", Phase.PR_OPENED),
     ]
     assert fakes.proposals[0].incident.approval.decision.approver == APPROVER  # type: ignore[union-attr]
+    # The forge gets the change, not the incident's whole record: history keeps every input.
+    proposed = fakes.proposals[0].incident
+    assert proposed.diagnosis is not None and proposed.diagnosis.diagnosis is not None
+    assert proposed.diagnosis.diagnosis.edits and proposed.worktree is not None
+    assert proposed.history == [] and proposed.evidence is not None
+    assert proposed.evidence.related_code == []
 
 
 async def test_reject_ends_the_incident_and_pushes_nothing(
@@ -240,3 +246,27 @@ async def test_approval_expires_on_the_time_skipping_server(
         ("reminder", Phase.AWAITING_APPROVAL),
         ("update", Phase.EXPIRED),
     ]
+
+
+async def test_messages_carry_a_digest_of_the_incident_not_its_whole_record(
+    client: Client, task_queue: str, fakes: FakeActivities
+) -> None:
+    fakes.diagnosis = fix_diagnosis()
+    handle = await start_incident(client, task_queue, make_start())
+    await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
+    history = await handle.fetch_history()
+    notify_inputs = [
+        event.activity_task_scheduled_event_attributes.input.payloads[0].data
+        for event in history.events
+        if event.HasField("activity_task_scheduled_event_attributes")
+        and event.activity_task_scheduled_event_attributes.activity_type.name
+        == names.ACTIVITY_NOTIFY
+    ]
+    assert notify_inputs, "the incident asked for approval without a message"
+    for data in notify_inputs:
+        request = NotifyRequest.model_validate_json(data)
+        assert request.incident.history == [] and request.incident.worktree is None
+        assert request.incident.evidence is not None
+        assert request.incident.evidence.related_code == []
+        assert request.incident.evidence.summary  # what people read is still there
+    await handle.terminate("test done")

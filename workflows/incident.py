@@ -311,7 +311,7 @@ class IncidentWorkflow:
             GitHubActivities.open_pull_request
             if start.forge == "github"
             else LocalForge.propose_change,
-            ProposeRequest(incident=status),
+            ProposeRequest(incident=status.digest(with_change=True)),
             timeout=timedelta(minutes=10),
         )
         self._finish(Phase.PR_OPENED, f"approved by {decision.approver}")
@@ -368,12 +368,14 @@ class IncidentWorkflow:
 
     async def _notify(self, kind: str = "update") -> None:
         """Post or edit the incident's Slack message. A chat outage never fails the incident."""
-        request = NotifyRequest(incident=self._status, raw_error=self._raw_error(), kind=kind)
+        request = NotifyRequest(
+            incident=self._status.digest(), raw_error=self._raw_error(), kind=kind
+        )
         await self._optional(SlackActivities.notify, request, timeout=timedelta(minutes=1))
 
     async def _open_issue(self) -> None:
         """One tracking issue per fingerprint for severities configured to get one."""
-        request = OpenIssueRequest(incident=self._status, raw_error=self._raw_error())
+        request = OpenIssueRequest(incident=self._status.digest(), raw_error=self._raw_error())
         await self._optional(GitHubActivities.open_issue, request, timeout=timedelta(minutes=2))
 
     async def _remember(self) -> None:
