@@ -21,7 +21,7 @@ from temporalio.worker import Worker
 from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
-from starter.temporal_client import connect
+from remedy.temporal import connect_options
 from workflows.incident import IncidentWorkflow
 
 log = logging.getLogger("remedy.worker")
@@ -123,7 +123,7 @@ def build_workers(client: Client, config: RemedyConfig, role: str = "all") -> li
 
 
 async def run_workers(config: RemedyConfig, stop: asyncio.Event, role: str = "all") -> None:
-    client = await connect(config)
+    client = await Client.connect(**connect_options(config))
     async with contextlib.AsyncExitStack() as running:
         for worker in build_workers(client, config, role):
             await running.enter_async_context(worker)

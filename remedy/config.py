@@ -377,10 +377,6 @@ class RemedyConfig(BaseSettings):
             quiet_window_s=self.limits.quiet_window_s,
         )
 
-    def ui_workflow_url(self, workflow_id: str, run_id: str | None = None) -> str:
-        base = self.temporal.ui_url.rstrip("/")
-        url = f"{base}/namespaces/{self.temporal.namespace}/workflows/{workflow_id}"
-        return f"{url}/{run_id}" if run_id else url
 
 
 def secret(env_name: str | None) -> str | None:

@@ -97,3 +97,13 @@ def safe_id(value: str, what: str) -> str:
     if not is_safe_id(value):
         raise ValueError(f"{what} {value!r} must be letters, digits, '.', '_' or '-'")
     return value
+
+
+def ui_namespace_url(ui_url: str, namespace: str) -> str:
+    """The Temporal UI page of a namespace; incidents link below it."""
+    return f"{ui_url.rstrip('/')}/namespaces/{namespace}"
+
+
+def ui_run_url(namespace_url: str, workflow_id: str, run_id: str) -> str:
+    """The Temporal UI page of one incident (one run of its workflow id)."""
+    return f"{namespace_url.rstrip('/')}/workflows/{workflow_id}/{run_id}"

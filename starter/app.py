@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from remedy import names
 from remedy.config import RemedyConfig, secret
 from remedy.intake import build_incident_start
 from remedy.models import ErrorEvent, IncidentStatus, IntakeResponse
@@ -267,7 +268,7 @@ def create_app(
                 app.state.client,
                 task_queue=config.temporal.task_queue,
                 coalesce_interval_s=config.intake.coalesce_interval_s,
-                ui_url=f"{config.temporal.ui_url.rstrip('/')}/namespaces/{config.temporal.namespace}",
+                ui_url=names.ui_namespace_url(config.temporal.ui_url, config.temporal.namespace),
                 index_task_queue=config.temporal.index_task_queue,
             )
             app.state.reporter = owned

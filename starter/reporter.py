@@ -116,7 +116,7 @@ class TemporalReporter:
         )
 
     def _run_url(self, workflow_id: str, run_id: str) -> str:
-        return f"{self._ui_url}/workflows/{workflow_id}/{run_id}"
+        return names.ui_run_url(self._ui_url, workflow_id, run_id)
 
     async def _open_incident(
         self, workflow_id: str, start: IncidentStart, *, count: int

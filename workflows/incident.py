@@ -83,7 +83,7 @@ class IncidentWorkflow:
         self._start = start
         incident_id = names.incident_id_for(start.service, start.fingerprint, info.run_id)
         ui_url = (
-            f"{start.ui_base_url.rstrip('/')}/workflows/{info.workflow_id}/{info.run_id}"
+            names.ui_run_url(start.ui_base_url, info.workflow_id, info.run_id)
             if start.ui_base_url
             else ""
         )
