@@ -99,12 +99,13 @@ def test_demo_on_a_running_dev_stack_then_state_survives_a_restart(
     assert httpx.get(f"{intake}/docs").status_code == 200
 
     demo = subprocess.run(
-        [*REMEDY, "demo", "--json", "--config", str(config)],
+        [*REMEDY, "demo", "--json", "--timeout", "400", "--config", str(config)],
         capture_output=True,
         text=True,
         env=env,
         cwd=config.parent,
-        timeout=180,
+        # A cold embedding model and a first index on a busy machine take minutes.
+        timeout=420,
     )
     assert demo.returncode == 0, demo.stdout + demo.stderr
     status = json.loads(demo.stdout[demo.stdout.index("{\n") :])

@@ -42,7 +42,7 @@ from tests.test_spine_e2e import (
     crash,
     scripted_diagnose,
 )
-from tests.workflow_harness import APPROVER, eventually
+from tests.workflow_harness import APPROVER, until_phase
 
 INTAKE_TOKEN = "slack-e2e-intake-token"
 GITHUB_REPO = "acme/shop"
@@ -113,16 +113,12 @@ async def intake(client: Client, config: RemedyConfig) -> AsyncIterator[httpx.As
         yield http
 
 
-async def phase_reached(
-    http: httpx.AsyncClient, incident_id: str, phase: Phase
-) -> IncidentStatus | None:
+async def status_of(http: httpx.AsyncClient, incident_id: str) -> IncidentStatus:
     reply = await http.get(
         f"/v1/incidents/{incident_id}", headers={"Authorization": f"Bearer {INTAKE_TOKEN}"}
     )
     assert reply.status_code == 200, reply.text
-    status = IncidentStatus.model_validate(reply.json())
-    assert status.phase not in {Phase.FAILED, Phase.TRIAGED, Phase.EXPIRED}, status.reason
-    return status if status.phase == phase else None
+    return IncidentStatus.model_validate(reply.json())
 
 
 def decision_buttons(message: dict[str, Any]) -> list[str]:
@@ -149,10 +145,10 @@ async def test_an_approve_click_in_slack_opens_a_draft_pull_request_on_github(
     }
     incident_id = await report_error(intake, INTAKE_TOKEN, event)
 
-    async def awaiting() -> IncidentStatus | None:
-        return await phase_reached(intake, incident_id, Phase.AWAITING_APPROVAL)
+    async def current() -> IncidentStatus:
+        return await status_of(intake, incident_id)
 
-    await eventually(awaiting, timeout_s=60)
+    await until_phase(current, Phase.AWAITING_APPROVAL)
     [message] = await slack.wait_for_async(
         lambda: [m for m in slack.top_level() if decision_buttons(m)]
     )
@@ -163,10 +159,7 @@ async def test_an_approve_click_in_slack_opens_a_draft_pull_request_on_github(
     response = await intake.post("/slack/events", content=body, headers=signed_headers(body))
     assert response.status_code == 200
 
-    async def opened() -> IncidentStatus | None:
-        return await phase_reached(intake, incident_id, Phase.PR_OPENED)
-
-    final: IncidentStatus = await eventually(opened, timeout_s=60)
+    final = await until_phase(current, Phase.PR_OPENED)
     branch = names.branch_for(incident_id)
     [pull] = github.pulls(GITHUB_REPO)
     assert pull["pull"]["head"] == branch and pull["pull"]["draft"] is True

@@ -35,7 +35,7 @@ from starter.app import create_app
 from starter.incidents import decide
 from starter.reporter import TemporalReporter
 from tests.repos import ALICE, BOB, CAROL, ServiceRepo, git, make_service_repo
-from tests.workflow_harness import APPROVER, eventually
+from tests.workflow_harness import APPROVER, until_phase
 from worker import build_activities, build_worker
 
 TOKEN = "e2e-intake-token"
@@ -147,14 +147,10 @@ async def test_error_to_evidence_to_approval_to_pushed_branch(
     assert reply.status_code == 202, reply.text
     incident_id = reply.json()["incident_id"]
 
-    async def awaiting() -> IncidentStatus | None:
-        status = await status_of(intake, incident_id)
-        if status is None:
-            return None
-        assert status.phase not in {Phase.FAILED, Phase.TRIAGED}, status.reason
-        return status if status.phase == Phase.AWAITING_APPROVAL else None
+    async def current() -> IncidentStatus | None:
+        return await status_of(intake, incident_id)
 
-    status: IncidentStatus = await eventually(awaiting, timeout_s=60)
+    status = await until_phase(current, Phase.AWAITING_APPROVAL)
     assert status.worktree is not None and status.worktree.commit == release
     evidence = status.evidence
     assert evidence is not None
@@ -171,11 +167,7 @@ async def test_error_to_evidence_to_approval_to_pushed_branch(
     result = await decide(client, incident_id, "approve", APPROVER, None)
     assert result.decision.approver == APPROVER
 
-    async def opened() -> IncidentStatus | None:
-        status = await status_of(intake, incident_id)
-        return status if status is not None and status.phase == Phase.PR_OPENED else None
-
-    final: IncidentStatus = await eventually(opened, timeout_s=60)
+    final = await until_phase(current, Phase.PR_OPENED)
     assert final.proposal is not None
     branch_sha = service_repo.remote_branch(names.branch_for(incident_id))
     assert branch_sha == final.proposal.commit

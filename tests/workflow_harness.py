@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 from remedy import names
 from remedy.models import (
+    TERMINAL_PHASES,
     DiagnoseRequest,
     Diagnosis,
     DiagnosisResult,
@@ -284,6 +285,35 @@ async def eventually(check: Callable[[], Any], timeout_s: float = 20.0) -> Any:
             return result
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.2)
+
+
+async def until_phase(
+    read: Callable[[], Awaitable[IncidentStatus | None]],
+    *phases: Phase,
+    stall_s: float = 120.0,
+) -> IncidentStatus:
+    """Poll an incident's status until it reaches one of `phases`.
+
+    The wait scales with the work, not with luck: it fails when the incident ends anywhere
+    else, or when its phase has not moved for `stall_s` (on a busy machine a phase takes
+    longer, it does not stop moving).
+    """
+    moved_at = time.monotonic()
+    seen: tuple[Phase, int] | None = None
+    while True:
+        status = await read()
+        if status is not None:
+            if status.phase in phases:
+                return status
+            if status.phase in TERMINAL_PHASES:
+                raise AssertionError(f"incident ended {status.phase}: {status.reason}")
+            progress = (status.phase, len(status.history))
+            if progress != seen:
+                seen, moved_at = progress, time.monotonic()
+        if time.monotonic() - moved_at > stall_s:
+            where = f"phase {seen[0]}" if seen else "no status"
+            raise AssertionError(f"incident stuck in {where} for {stall_s:.0f}s, wanted {phases}")
         await asyncio.sleep(0.2)
 
 
