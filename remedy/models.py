@@ -1,7 +1,8 @@
 """Every value that crosses a workflow, activity, signal, update, query or HTTP boundary.
 
 One pydantic model per message, so fields can be added later without breaking running
-incidents (new fields always get defaults).
+incidents (new fields always get defaults). Longer than other modules on purpose: it is the
+schema of every boundary, read as one page, and has no logic beyond small views.
 """
 
 from __future__ import annotations
