@@ -18,6 +18,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.progress import LivenessInterceptor
 from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
@@ -82,6 +83,7 @@ def build_worker(
         max_concurrent_activities=config.worker.max_concurrent_activities,
         max_concurrent_workflow_tasks=config.worker.max_concurrent_workflow_tasks,
         graceful_shutdown_timeout=timedelta(seconds=config.worker.graceful_shutdown_s),
+        interceptors=[LivenessInterceptor()],
     )
 
 

@@ -58,6 +58,10 @@ with workflow.unsafe.imports_passed_through():
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
 
+# Every activity heartbeats while it runs (activities.progress.LivenessInterceptor), so a
+# worker that dies is noticed in seconds and the activity retried on a live one.
+_ALIVE = timedelta(seconds=20)
+
 # Search attributes are sent when they change, not all six on every phase.
 _PATCH_CHANGED_SEARCH_ATTRIBUTES = "upsert-changed-search-attributes"
 
@@ -171,7 +175,6 @@ class IncidentWorkflow:
                 incident_id=status.incident_id, service=start.service, release=start.event.release
             ),
             timeout=timedelta(minutes=15),
-            heartbeat=timedelta(minutes=1),
         )
         status.worktree = worktree
 
@@ -180,7 +183,6 @@ class IncidentWorkflow:
             IndexActivities.index_repo,
             IndexRequest(worktree=worktree, incident_id=status.incident_id),
             timeout=timedelta(hours=1),
-            heartbeat=timedelta(minutes=2),
             task_queue=start.index_task_queue,
         )
 
@@ -224,7 +226,6 @@ class IncidentWorkflow:
                 policy=start.policy,
             ),
             timeout=timedelta(minutes=20),
-            heartbeat=timedelta(minutes=2),
         )
         self._spend(status.diagnosis.tokens, status.diagnosis.cost_usd)
         diagnosis = status.diagnosis.diagnosis
@@ -278,7 +279,6 @@ class IncidentWorkflow:
                 tokens_used=status.llm_tokens,
             ),
             timeout=timedelta(minutes=20),
-            heartbeat=timedelta(minutes=1),
         )
         self._spend(regression.tokens, regression.cost_usd)
         status.verification = await self._call(
@@ -292,7 +292,6 @@ class IncidentWorkflow:
             ),
             # Four suite runs (before/after, suite/regression test) plus a clone.
             timeout=timedelta(hours=3),
-            heartbeat=timedelta(minutes=2),
         )
         if status.verification.status == "failed":
             self._finish(
@@ -419,7 +418,6 @@ class IncidentWorkflow:
         request: RequestT,
         *,
         timeout: timedelta,
-        heartbeat: timedelta | None = None,
         task_queue: str | None = None,
     ) -> ResultT | None: ...
 
@@ -430,7 +428,6 @@ class IncidentWorkflow:
         request: RequestT,
         *,
         timeout: timedelta,
-        heartbeat: timedelta | None = None,
         task_queue: str | None = None,
     ) -> ResultT | None: ...
 
@@ -440,7 +437,6 @@ class IncidentWorkflow:
         request: RequestT,
         *,
         timeout: timedelta,
-        heartbeat: timedelta | None = None,
         task_queue: str | None = None,
     ) -> Any:
         """An enrichment (code index, past incidents): its failure narrows the evidence, it
@@ -450,7 +446,6 @@ class IncidentWorkflow:
                 activity,
                 request,
                 timeout=timeout,
-                heartbeat=heartbeat,
                 retry=_SIDE_CHANNEL_RETRY,
                 task_queue=task_queue,
             )
@@ -467,7 +462,6 @@ class IncidentWorkflow:
         request: RequestT,
         *,
         timeout: timedelta,
-        heartbeat: timedelta | None = None,
         retry: RetryPolicy = _DEFAULT_RETRY,
         task_queue: str | None = None,
     ) -> ResultT: ...
@@ -479,7 +473,6 @@ class IncidentWorkflow:
         request: RequestT,
         *,
         timeout: timedelta,
-        heartbeat: timedelta | None = None,
         retry: RetryPolicy = _DEFAULT_RETRY,
         task_queue: str | None = None,
     ) -> ResultT: ...
@@ -490,7 +483,6 @@ class IncidentWorkflow:
         request: RequestT,
         *,
         timeout: timedelta,
-        heartbeat: timedelta | None = None,
         retry: RetryPolicy = _DEFAULT_RETRY,
         task_queue: str | None = None,
     ) -> Any:
@@ -498,7 +490,7 @@ class IncidentWorkflow:
             activity,
             request,
             start_to_close_timeout=timeout,
-            heartbeat_timeout=heartbeat,
+            heartbeat_timeout=_ALIVE,
             retry_policy=retry,
             task_queue=task_queue,
         )
