@@ -10,11 +10,17 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from remedy.models import ServicePolicy, Severity
 from remedy.names import SERVICE_NAME_PATTERN, TASK_QUEUE
@@ -270,6 +276,14 @@ class ServiceConfig(_Section):
     intake_token_env: str | None = None
     slack_channel: str | None = None
     approvers: list[str] = Field(default_factory=list)
+    cli_approval: bool = Field(
+        default=True, description="false: approvals only through Slack, never `remedy approve`"
+    )
+    cli_approvers: dict[str, str] = Field(
+        default_factory=dict,
+        description="approver -> hash of the credential `remedy approve` reads from "
+        "REMEDY_APPROVER_TOKEN (`remedy approver-hash APPROVER` prints the line)",
+    )
     allowed_paths: list[str] = Field(default_factory=lambda: ["**"])
     forbidden_paths: list[str] = Field(default_factory=list)
     test_command: str | None = None
@@ -297,6 +311,20 @@ class RemedyConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="REMEDY_", env_nested_delimiter="__", extra="forbid"
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # README: the environment overrides remedy.toml, key by key; values passed in code
+        # (tests, benchmarks) override both.
+        file_values = InitSettingsSource(settings_cls, init_kwargs=_file_values.get() or {})
+        return init_settings, env_settings, file_values
 
     home: str = Field(default=".remedy", description="State directory, relative to this file")
     temporal: TemporalConfig = Field(default_factory=TemporalConfig)
@@ -378,6 +406,9 @@ class RemedyConfig(BaseSettings):
         )
 
 
+# remedy.toml's contents while load_config builds the model (the lowest settings source).
+_file_values: ContextVar[dict[str, Any] | None] = ContextVar("remedy_file_values", default=None)
+
 
 def secret(env_name: str | None) -> str | None:
     """Read a secret from the environment at the moment it is needed."""
@@ -392,6 +423,9 @@ def _format_validation_error(path: Path, error: ValidationError) -> str:
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(file)"
         message = item["msg"]
+        env_name = "REMEDY_" + "__".join(str(part) for part in item["loc"]).upper()
+        if env_name in os.environ:
+            key = f"{key} (from {env_name}, which overrides the file)"
         if item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling against README's configuration table)"
         lines.append(f"{path}: {key}: {message}")
@@ -416,9 +450,12 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> RemedyConfig:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    reading = _file_values.set(data)
     try:
-        config = RemedyConfig(**data)
+        config = RemedyConfig()
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(path, exc)) from None
+    finally:
+        _file_values.reset(reading)
     config._source = str(path.resolve())
     return config

@@ -73,3 +73,42 @@ def test_paths_resolve_against_the_file_and_env_overrides_settings(
     assert secret(config.service("shop").intake_token_env) == "t0k3n"
     # The token is only named in the config, never held by it.
     assert "t0k3n" not in config.model_dump_json()
+
+
+def test_the_environment_overrides_the_file_key_by_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        tmp_path,
+        "[intake]\nport = 8080\nhost = '0.0.0.0'\n"
+        "[temporal]\naddress = 'temporal.internal:7233'\n"
+        "[services.shop]\nrepo = 'x'\nbranch = 'release'\n",
+    )
+    assert load_config(path).intake.port == 8080
+    monkeypatch.setenv("REMEDY_INTAKE__PORT", "8081")
+    monkeypatch.setenv("REMEDY_SERVICES__SHOP__BRANCH", "hotfix")
+    config = load_config(path)
+    assert config.intake.port == 8081
+    # Keys the environment does not name keep the file's values.
+    assert config.intake.host == "0.0.0.0"
+    assert config.temporal.address == "temporal.internal:7233"
+    assert config.service("shop").branch == "hotfix"
+    assert config.service("shop").repo == "x"
+
+
+def test_a_bad_environment_value_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "[intake]\nport = 8080\n")
+    monkeypatch.setenv("REMEDY_INTAKE__PORT", "eighty")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "intake.port (from REMEDY_INTAKE__PORT, which overrides the file)" in str(error.value)
+
+
+def test_values_given_in_code_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from remedy.config import IntakeConfig, RemedyConfig
+
+    monkeypatch.setenv("REMEDY_INTAKE__PORT", "8081")
+    assert RemedyConfig().intake.port == 8081
+    assert RemedyConfig(intake=IntakeConfig(port=9000)).intake.port == 9000
