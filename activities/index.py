@@ -1,34 +1,36 @@
-"""The code index activities: index_repo, find_related and record_incident.
+"""The code index activities: index_repo, find_related, record_incident and search_code.
 
-Sync activities (the worker runs them on its thread pool). Each call opens the vector store,
-does its work and closes it, so the embedded store is never held between incidents and a
-`remedy index` from the CLI can take its turn; the embedding model stays loaded for the
-life of the process (activities.index_embed.get_embedder).
+An adapter over remedy.index: it reads the worktree and the artifacts, heartbeats with the
+index run's progress and classifies failures. Sync activities (the worker runs them on its
+thread pool). Each call opens the vector store, does its work and closes it, so the embedded
+store is never held between incidents and a `remedy index` from the CLI can take its turn;
+the embedding model stays loaded for the life of the process (remedy.index.embed.get_embedder).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.index_core import MAX_PATCH_CHARS, CodeHit, CodeIndex
-from activities.index_embed import get_embedder
-from activities.index_store import EdgeStore, ServerStore, StoreError, VectorStore
 from remedy import names
 from remedy.artifacts import ArtifactStore
-from remedy.config import RemedyConfig, secret
-from remedy.evidence import is_test_path
-from remedy.git.history import RepoFiles
-from remedy.git.runner import GitError, redact_location, run_git
+from remedy.config import RemedyConfig
+from remedy.git.runner import GitError
+from remedy.index.core import CodeIndex, code_index, repo_key
+from remedy.index.related import (
+    find_related,
+    incident_memory,
+    locate_frames,
+    related_code,
+    related_queries,
+)
+from remedy.index.store import StoreError, VectorStore, open_vector_store
 from remedy.models import (
-    Frame,
     IndexRequest,
     IndexResult,
     RecordIncidentRequest,
@@ -36,50 +38,12 @@ from remedy.models import (
     RelatedCode,
     RelatedRequest,
     RelatedResult,
-    SimilarIncident,
     Worktree,
 )
 
-MAX_FRAME_QUERIES = 5
-FAILING_LINES_RADIUS = 2
-
-
-def open_vector_store(config: RemedyConfig) -> VectorStore:
-    """The configured store: a Qdrant server when `qdrant.url` is set, else embedded."""
-    if config.qdrant.url:
-        from qdrant_client import QdrantClient
-
-        client = QdrantClient(
-            url=config.qdrant.url,
-            api_key=secret(config.qdrant.api_key_env),
-            timeout=int(config.qdrant.timeout_s),
-        )
-        return ServerStore(client, config.qdrant.collection_prefix)
-    return EdgeStore(config.home_dir / config.qdrant.path)
-
-
-def repo_key(config: RemedyConfig, service: str | None, checkout: str) -> str:
-    """How the index names a repository: the service's configured location (credentials
-    redacted), so every worktree and mirror of it shares one index; else the checkout."""
-    if service and service in config.services:
-        return redact_location(config.repo_location(service))
-    return str(Path(checkout).resolve())
-
-
-@contextlib.contextmanager
-def code_index(
-    config: RemedyConfig, factory: Callable[[], VectorStore] | None = None
-) -> Iterator[CodeIndex]:
-    store = (factory or (lambda: open_vector_store(config)))()
-    try:
-        yield CodeIndex(
-            store,
-            get_embedder(config.embeddings),
-            keep_commits=config.qdrant.keep_commits,
-            max_file_bytes=config.qdrant.max_file_bytes,
-        )
-    finally:
-        store.close()
+# A model's tool call must not queue behind an index run holding the embedded store: after
+# this long it greps instead.
+TOOL_LOCK_TIMEOUT_S = 2.0
 
 
 def _failure(exc: GitError | StoreError, what: str) -> ApplicationError:
@@ -121,14 +85,10 @@ class IndexActivities:
                 hits = index.search(repo, worktree.commit, [query], limit)[:limit]
         except StoreError:
             return []
-        return [_related_code(h) for h in hits]
+        return [related_code(h) for h in hits]
 
     def _tool_store(self) -> VectorStore:
-        # A model's tool call must not queue behind an index run holding the embedded store:
-        # after two seconds it greps instead.
-        if self.config.qdrant.url:
-            return open_vector_store(self.config)
-        return EdgeStore(self.config.home_dir / self.config.qdrant.path, lock_timeout_s=2.0)
+        return open_vector_store(self.config, lock_timeout_s=TOOL_LOCK_TIMEOUT_S)
 
     # -- index_repo -----------------------------------------------------------
 
@@ -143,6 +103,7 @@ class IndexActivities:
             embedded_before = int(details[0].get("embedded", 0))
 
         def beat(stage: str, done: int, total: int) -> None:
+            # Structured details, not a note: a retry resumes from "embedded".
             activity.heartbeat({"commit": worktree.commit, "stage": stage, "embedded": done,
                                 "total": total})  # fmt: skip
 
@@ -165,70 +126,19 @@ class IndexActivities:
         """Code related to the incident beyond its own frames, and similar past incidents."""
         worktree = request.worktree
         repo = repo_key(self.config, worktree.service, worktree.path)
+        checkout = Path(worktree.path)
         try:
-            located = self._locate_frames(worktree, request.frames)
-            queries = _queries(request, located, Path(worktree.path))
-            error_text = f"{request.error.type}: {request.error.message}"
-            functions = " ".join(f.function for f in request.frames if f.function)
+            located = locate_frames(checkout, worktree.commit, request.frames)
+            queries = related_queries(request, located, checkout)
             with self._index() as index:
-                hits = index.search(
-                    repo, worktree.commit, [q for _, q in queries], 3 * request.limit + 8
-                )
-                similar = index.similar_incidents(
-                    worktree.service, f"{error_text}\n{functions}", 5, request.incident_id
-                )
+                found = find_related(index, repo, request, located, queries)
         except (GitError, StoreError) as exc:
             raise _failure(exc, f"searching the index of {worktree.service}") from None
-
-        frame_hits = [h for h in hits if _is_frame(h, located)]
-        # When the failure surfaces in a test, the queries come from test code and retrieve
-        # more tests; the code under test is what explains it, so it goes first (stable order
-        # by score within each group).
-        beyond_frames = [h for h in hits if not _is_frame(h, located)]
-        related = sorted(beyond_frames, key=lambda h: is_test_path(h.path))[: request.limit]
-        similar_incidents = [
-            SimilarIncident(
-                incident_id=str(h.payload.get("incident_id", "")),
-                summary=str(h.payload.get("summary", "")),
-                outcome=str(h.payload.get("outcome", "")),
-                score=round(h.score, 4),
-            )
-            for h in similar
-        ]
         ref = self.store.put_json(
             f"{request.incident_id}/related.json",
-            {
-                "incident_id": request.incident_id,
-                "repo": repo,
-                "commit": worktree.commit,
-                "queries": [{"source": source, "text": text} for source, text in queries],
-                "related": [dict(h.as_json(), queries=h.queries) for h in related],
-                "frames": [dict(h.as_json(), frame=True) for h in frame_hits],
-                "similar_incidents": [
-                    dict(s.model_dump(), **_incident_details(h.payload))
-                    for s, h in zip(similar_incidents, similar, strict=True)
-                ],
-            },
+            found.as_json(request.incident_id, repo, worktree.commit),
         )
-        return RelatedResult(
-            related_code=[_related_code(h) for h in related],
-            similar_incidents=similar_incidents,
-            frame_chunks=len(frame_hits),
-            artifact=ref,
-        )
-
-    def _locate_frames(self, worktree: Worktree, frames: Sequence[Frame]) -> list[_Located]:
-        """Frames found in the repository at the worktree's commit, innermost first."""
-        listing = run_git(
-            ["-C", worktree.path, "ls-tree", "-r", "-z", "--name-only", worktree.commit]
-        ).stdout.decode("utf-8", errors="surrogateescape")
-        files = RepoFiles([p for p in listing.split("\0") if p])
-        located = []
-        for frame in reversed(frames):
-            path = files.locate(frame.file)
-            if path is not None and frame.in_app is not False:
-                located.append(_Located(frame, path))
-        return located
+        return found.result(ref)
 
     # -- record_incident ------------------------------------------------------
 
@@ -238,91 +148,13 @@ class IndexActivities:
         patch = ""
         if request.patch is not None:
             try:
-                patch = self.store.get_text(request.patch)[:MAX_PATCH_CHARS]
+                patch = self.store.get_text(request.patch)
             except FileNotFoundError:
                 patch = ""
-        functions = " ".join(f.function for f in request.frames if f.function)
-        text = (
-            f"{request.error.type}: {request.error.message}\n{functions}\n"
-            f"{request.summary}\n{request.root_cause}"
-        )
-        payload: dict[str, Any] = {
-            "kind": "incident",
-            "incident_id": request.incident_id,
-            "service": request.service,
-            "fingerprint": request.fingerprint,
-            "error_type": request.error.type,
-            "error_message": request.error.message[:2000],
-            "functions": functions,
-            "summary": request.summary,
-            "root_cause": request.root_cause,
-            "outcome": request.outcome,
-            "reason": request.reason,
-            "patch": patch,
-        }
+        payload, text = incident_memory(request, patch)
         try:
             with self._index() as index:
                 pid = index.record_incident(request.incident_id, payload, text)
         except StoreError as exc:
             raise _failure(exc, f"recording incident {request.incident_id}") from None
         return RecordIncidentResult(incident_id=request.incident_id, point_id=pid)
-
-
-@dataclass(frozen=True)
-class _Located:
-    frame: Frame
-    path: str
-
-
-def _queries(
-    request: RelatedRequest, located: Sequence[_Located], root: Path
-) -> list[tuple[str, str]]:
-    """(source, text) of every query: the error, each failing line, the frame functions."""
-    error = request.error
-    queries = [("error", f"{error.type}: {error.message}".strip())]
-    for item in located[:MAX_FRAME_QUERIES]:
-        frame = item.frame
-        lines = _failing_lines(root / item.path, frame.line) or (frame.code or "")
-        if lines.strip():
-            queries.append((f"frame {item.path}:{frame.line}", f"{frame.function or ''}\n{lines}"))
-    functions = [
-        f.function for f in reversed(request.frames) if f.function and f.function != "<module>"
-    ]
-    if functions:
-        queries.append(("functions", " ".join(dict.fromkeys(functions))))
-    return queries
-
-
-def _failing_lines(path: Path, line: int | None) -> str:
-    if not line:
-        return ""
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return ""
-    start = max(0, line - 1 - FAILING_LINES_RADIUS)
-    return "\n".join(lines[start : line + FAILING_LINES_RADIUS])
-
-
-def _is_frame(hit: CodeHit, located: Sequence[_Located]) -> bool:
-    return any(
-        hit.path == item.path
-        and item.frame.line is not None
-        and hit.start_line <= item.frame.line <= hit.end_line
-        for item in located
-    )
-
-
-def _incident_details(payload: dict[str, Any]) -> dict[str, Any]:
-    keys = ("fingerprint", "error_type", "error_message", "root_cause", "reason", "patch")
-    return {key: payload.get(key) for key in keys}
-
-
-def _related_code(hit: CodeHit) -> RelatedCode:
-    return RelatedCode(
-        path=hit.path,
-        symbol=hit.symbol,
-        start_line=hit.start_line,
-        end_line=hit.end_line,
-        score=round(hit.score, 4),
-    )

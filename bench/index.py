@@ -27,11 +27,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from activities.index_core import CodeIndex, list_repo_files, read_blobs
-from activities.index_embed import Embedder, get_embedder, model_location
-from activities.index_store import EdgeStore
-from remedy.chunking import Chunk, chunk_file, decode_source
 from remedy.config import EmbeddingsConfig
+from remedy.index.chunking import Chunk, chunk_file, decode_source
+from remedy.index.core import CodeIndex
+from remedy.index.edge_store import EdgeStore
+from remedy.index.embed import Embedder, get_embedder, model_location
+from remedy.index.files import list_repo_files, read_blobs
 
 
 def git(repo: Path, *args: str) -> str:
@@ -178,8 +179,8 @@ def main() -> None:
             started = time.perf_counter()
             index.search(args.package, changed, [text], 8)
             total_ms.append(1000 * (time.perf_counter() - started))
-        from activities.index_embed import lexical_query
-        from activities.index_store import Where
+        from remedy.index.embed import lexical_query
+        from remedy.index.store import Where
 
         vectors = embedder.embed([q for q, _ in queries])
         where = Where({"repo": args.package, "kind": "chunk", "commits": changed})

@@ -16,8 +16,8 @@ import typer
 from starter.cli_common import DEFAULT_CONFIG, ConfigOption, JsonOption, fail, load_or_exit
 
 if TYPE_CHECKING:
-    from activities.index_core import CodeIndex
     from remedy.config import RemedyConfig
+    from remedy.index.core import CodeIndex
     from remedy.models import IndexResult
 
 
@@ -80,8 +80,8 @@ def index(
     if service is not None and service not in loaded.services:
         raise fail(f"{loaded.source}: no service {service!r} in [services]", code=2)
 
-    from activities.index import code_index, repo_key
-    from activities.index_store import StoreError
+    from remedy.index.core import code_index, repo_key
+    from remedy.index.store import StoreError
 
     if service is not None:
         checkout, sha = _checkout_for_service(loaded, service, commit)
@@ -140,8 +140,8 @@ def search(
     if service not in loaded.services:
         raise fail(f"{loaded.source}: no service {service!r} in [services]", code=2)
 
-    from activities.index import code_index, repo_key
-    from activities.index_store import StoreError
+    from remedy.index.core import code_index, repo_key
+    from remedy.index.store import StoreError
 
     key = repo_key(loaded, service, "")
     try:

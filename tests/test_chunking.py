@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from remedy.chunking import (
+from remedy.index.chunking import (
     MAX_CHARS,
     chunk_file,
     decode_source,

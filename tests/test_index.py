@@ -16,13 +16,15 @@ import pytest
 from qdrant_client import QdrantClient
 from temporalio.testing import ActivityEnvironment
 
-from activities import index_core
 from activities.index import IndexActivities
-from activities.index_core import CodeIndex
-from activities.index_embed import Embedder, get_embedder, lexical_terms
-from activities.index_store import EdgeStore, ServerStore, VectorStore
 from remedy.artifacts import ArtifactStore
 from remedy.config import EmbeddingsConfig, RemedyConfig, ServiceConfig
+from remedy.index import core as index_core
+from remedy.index.core import CodeIndex
+from remedy.index.edge_store import EdgeStore
+from remedy.index.embed import Embedder, get_embedder, lexical_terms
+from remedy.index.server_store import ServerStore
+from remedy.index.store import VectorStore
 from remedy.models import (
     ErrorInfo,
     Frame,

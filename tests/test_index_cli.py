@@ -15,7 +15,7 @@ from tests.repos import git
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SUBTREE = ("__init__.py", "artifacts.py", "chunking.py", "config.py", "names.py")
+SUBTREE = ("__init__.py", "artifacts.py", "index/chunking.py", "config.py", "names.py")
 QUESTIONS = {
     "read a secret from the environment when it is needed": "secret",
     "write an artifact file atomically": "ArtifactStore.put_bytes",
@@ -35,8 +35,8 @@ def app() -> typer.Typer:
 def test_index_then_search_remedy_itself(tmp_path: Path, app: typer.Typer) -> None:
     # Part of Remedy's domain package as a repository of its own keeps the test to seconds.
     repo = tmp_path / "self"
-    (repo / "remedy").mkdir(parents=True)
     for name in SUBTREE:
+        (repo / "remedy" / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / "remedy" / name, repo / "remedy" / name)
     git(repo, "init", "--quiet", "--initial-branch=main")
     git(repo, "add", "--all")

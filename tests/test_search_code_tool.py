@@ -17,9 +17,9 @@ import pytest
 from temporalio.testing import ActivityEnvironment
 
 from activities.index import IndexActivities
-from activities.index_store import EdgeStore
 from remedy.artifacts import ArtifactStore
 from remedy.config import LLMConfig, RemedyConfig
+from remedy.index.edge_store import EdgeStore
 from remedy.models import (
     DiagnoseRequest,
     ErrorInfo,

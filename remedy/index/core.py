@@ -1,7 +1,7 @@
 """The code index itself, free of Temporal: the activities and the CLI both drive it.
 
 What is stored (one `code-<model>` collection; three kinds of point, told apart by `kind`):
-- `chunk`: one chunk (remedy.chunking) with its dense and lexical vectors. Its id hashes
+- `chunk`: one chunk (remedy.index.chunking) with its dense and lexical vectors. Its id hashes
   repo, path, symbol and the embedded text, so an unchanged chunk keeps its id (and vector)
   at every commit. Payload: repo, path, symbol, unit, language, start_line, end_line, text
   and `commits`, the indexed commits it is present in.
@@ -20,38 +20,38 @@ resumes by skipping every chunk a previous attempt already stored.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pathspec
-
-from activities.index_embed import Embedder, lexical_document, lexical_query
-from activities.index_store import RRF_K, Hit, PointData, VectorStore, Where, point_id
-from remedy.chunking import Chunk, chunk_file, decode_source, skip_reason_for_path
-from remedy.git.runner import run_git
+from remedy.config import RemedyConfig
+from remedy.git.runner import redact_location
+from remedy.index.chunking import Chunk, chunk_file, decode_source
+from remedy.index.embed import Embedder, get_embedder, lexical_document, lexical_query
+from remedy.index.files import RepoFile, list_repo_files, read_blobs
+from remedy.index.store import (
+    RRF_K,
+    Hit,
+    PointData,
+    VectorStore,
+    Where,
+    open_vector_store,
+    point_id,
+)
 from remedy.models import IndexResult
 
 EMBED_GROUP = 256
-READ_GROUP = 256
-MAX_PATCH_CHARS = 8000
 
 Progress = Callable[[str, int, int], None]
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
     return None
-
-
-@dataclass(frozen=True)
-class RepoFile:
-    path: str
-    blob: str
-    size: int
 
 
 @dataclass
@@ -76,73 +76,6 @@ class CodeHit:
             "score": round(self.score, 4),
             "text": self.text,
         }
-
-
-# ---------------------------------------------------------------------------- reading git
-
-
-def list_repo_files(repo: Path, commit: str, max_bytes: int) -> tuple[list[RepoFile], int]:
-    """Indexable files at `commit` and how many tracked files were skipped by path rules,
-    size or `.gitignore` (a tracked file can still match one, e.g. committed build output)."""
-    out = run_git(["-C", repo, "ls-tree", "-r", "-l", "-z", "--end-of-options", commit]).stdout
-    entries: list[RepoFile] = []
-    ignore_files: list[RepoFile] = []
-    for record in out.decode("utf-8", errors="surrogateescape").split("\0"):
-        if not record:
-            continue
-        meta, path = record.split("\t", 1)
-        mode, kind, sha, size = meta.split()
-        if kind != "blob" or mode == "120000":
-            continue
-        entry = RepoFile(path, sha, int(size))
-        if path == ".gitignore" or path.endswith("/.gitignore"):
-            ignore_files.append(entry)
-        entries.append(entry)
-    specs = _ignore_specs(repo, ignore_files)
-    kept = [
-        e
-        for e in entries
-        if skip_reason_for_path(e.path, e.size, max_bytes) is None and not _ignored(specs, e.path)
-    ]
-    return kept, len(entries) - len(kept)
-
-
-def _ignore_specs(repo: Path, files: Sequence[RepoFile]) -> list[tuple[str, pathspec.PathSpec]]:
-    blobs = read_blobs(repo, [f.blob for f in files])
-    specs: list[tuple[str, pathspec.PathSpec]] = []
-    for f in files:
-        prefix = f.path[: -len(".gitignore")]
-        lines = blobs.get(f.blob, b"").decode("utf-8", errors="replace").splitlines()
-        specs.append((prefix, pathspec.GitIgnoreSpec.from_lines(lines)))
-    return specs
-
-
-def _ignored(specs: Sequence[tuple[str, pathspec.PathSpec]], path: str) -> bool:
-    return any(
-        path.startswith(prefix) and spec.match_file(path[len(prefix) :]) for prefix, spec in specs
-    )
-
-
-def read_blobs(repo: Path, shas: Iterable[str]) -> dict[str, bytes]:
-    """Contents of the given blobs, in one `git cat-file --batch` per group."""
-    wanted = list(dict.fromkeys(shas))
-    found: dict[str, bytes] = {}
-    for start in range(0, len(wanted), READ_GROUP):
-        group = wanted[start : start + READ_GROUP]
-        data = run_git(
-            ["-C", repo, "cat-file", "--batch"], input="".join(f"{s}\n" for s in group).encode()
-        ).stdout
-        offset = 0
-        for sha in group:
-            header_end = data.index(b"\n", offset)
-            header = data[offset:header_end].split()
-            if len(header) < 3:  # "<sha> missing"
-                offset = header_end + 1
-                continue
-            size = int(header[2])
-            found[sha] = data[header_end + 1 : header_end + 1 + size]
-            offset = header_end + 1 + size + 1
-    return found
 
 
 # ---------------------------------------------------------------------------- the index
@@ -384,6 +317,31 @@ class CodeIndex:
             for h in hits
             if h.payload.get("incident_id") != exclude
         ][:limit]
+
+
+def repo_key(config: RemedyConfig, service: str | None, checkout: str) -> str:
+    """How the index names a repository: the service's configured location (credentials
+    redacted), so every worktree and mirror of it shares one index; else the checkout."""
+    if service and service in config.services:
+        return redact_location(config.repo_location(service))
+    return str(Path(checkout).resolve())
+
+
+@contextlib.contextmanager
+def code_index(
+    config: RemedyConfig, factory: Callable[[], VectorStore] | None = None
+) -> Iterator[CodeIndex]:
+    """The configured index (store from `factory`, else `open_vector_store`), closed after."""
+    store = (factory or (lambda: open_vector_store(config)))()
+    try:
+        yield CodeIndex(
+            store,
+            get_embedder(config.embeddings),
+            keep_commits=config.qdrant.keep_commits,
+            max_file_bytes=config.qdrant.max_file_bytes,
+        )
+    finally:
+        store.close()
 
 
 def _regroup(
