@@ -26,7 +26,7 @@ from remedy.models import ErrorEvent, IncidentStatus, IntakeResponse
 from starter.incidents import IncidentNotFound, incident_status
 from starter.reporter import Reporter, TemporalReporter
 from starter.slack import mount_slack
-from starter.temporal_client import connect
+from starter.temporal_client import connect_in_background
 
 log = logging.getLogger(__name__)
 
@@ -262,21 +262,31 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned: TemporalReporter | None = None
-        if app.state.reporter is None:
-            app.state.client = app.state.client or await connect(config)
+
+        def connected(client: Client) -> None:
+            # Until now /readyz and every route that needs Temporal answered 503.
+            nonlocal owned
+            app.state.client = client
             owned = TemporalReporter(
-                app.state.client,
+                client,
                 task_queue=config.temporal.task_queue,
                 coalesce_interval_s=config.intake.coalesce_interval_s,
                 ui_url=names.ui_namespace_url(config.temporal.ui_url, config.temporal.namespace),
                 index_task_queue=config.temporal.index_task_queue,
             )
             app.state.reporter = owned
+
+        # Temporal may be down or not up yet: the intake starts anyway and keeps trying.
+        connecting = None
+        if app.state.reporter is None:
+            connecting = connect_in_background(config, connected)
         if slack is not None:
             await slack.start()
         try:
             yield
         finally:
+            if connecting is not None:
+                connecting.cancel()
             if slack is not None:
                 await slack.stop()
             if owned is not None:
