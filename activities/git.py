@@ -36,6 +36,7 @@ from remedy.models import (
     SyncRequest,
     Worktree,
 )
+from remedy.policy import lifted_execution_sensitive
 
 
 def _incident_id(value: str) -> str:
@@ -176,4 +177,5 @@ class GitActivities:
             lines_added=added,
             lines_removed=removed,
             diff=ref,
+            execution_sensitive=lifted_execution_sensitive(sorted(edited), request.policy),
         )

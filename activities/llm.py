@@ -187,7 +187,9 @@ class DiagnosisActivities:
 
         async def validate(diagnosis: Diagnosis) -> list[str]:
             files = {p: await session.tools.text_at_commit(p) for p in referenced_paths(diagnosis)}
-            return validate_diagnosis(diagnosis, files, request.policy, request.worktree.commit)
+            return validate_diagnosis(
+                diagnosis, files, request.policy, request.worktree.commit, request.worktree.service
+            )
 
         attempts: list[DiagnosisAttempt] = []
         unavailable: list[str] = []
@@ -301,7 +303,9 @@ class DiagnosisActivities:
         async def validate(answer: RegressionTestAnswer) -> list[str]:
             path = repo_path(answer.path)
             exists = path is not None and await tools.blob(path) is not None
-            return validate_regression_test(answer, exists=exists)
+            return validate_regression_test(
+                answer, exists=exists, policy=request.policy, service=request.worktree.service
+            )
 
         reasons: list[str] = []
         result = RegressionTestResult()

@@ -22,7 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from remedy.models import ServicePolicy, Severity
+from remedy.models import DEFAULT_TEST_PATHS, ServicePolicy, Severity
 from remedy.names import SERVICE_NAME_PATTERN, TASK_QUEUE
 
 DEFAULT_CONFIG_PATH = Path("remedy.toml")
@@ -286,6 +286,14 @@ class ServiceConfig(_Section):
     )
     allowed_paths: list[str] = Field(default_factory=lambda: ["**"])
     forbidden_paths: list[str] = Field(default_factory=list)
+    allow_execution_sensitive_paths: list[str] = Field(
+        default_factory=list,
+        description="Execution-sensitive files (CI, build hooks, keys) the model may edit anyway",
+    )
+    test_paths: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TEST_PATHS),
+        description="Where the model's regression test may be written",
+    )
     test_command: str | None = None
     github_repo: str | None = None
     llm: Literal["local", "claude", "auto", "none"] | None = None
@@ -400,6 +408,8 @@ class RemedyConfig(BaseSettings):
             approvers=list(service.approvers),
             allowed_paths=list(service.allowed_paths),
             forbidden_paths=list(service.forbidden_paths),
+            allow_execution_sensitive_paths=list(service.allow_execution_sensitive_paths),
+            test_paths=list(service.test_paths),
             approval_timeout_s=self.limits.approval_timeout_s,
             max_diff_lines=self.limits.max_diff_lines,
             quiet_window_s=self.limits.quiet_window_s,

@@ -113,12 +113,24 @@ class IntakeResponse(BaseModel):
 # ---------------------------------------------------------------------------- workflow input/state
 
 
+DEFAULT_TEST_PATHS = ("tests/**", "test/**", "**/tests/**")
+
+
 class ServicePolicy(BaseModel):
     """A service's non-secret policy, pinned when the incident starts (auditable in history)."""
 
     approvers: list[str] = Field(default_factory=list)
     allowed_paths: list[str] = Field(default_factory=lambda: ["**"])
     forbidden_paths: list[str] = Field(default_factory=list)
+    allow_execution_sensitive_paths: list[str] = Field(
+        default_factory=list,
+        description="Patterns of execution-sensitive files (CI, build hooks, keys: "
+        "remedy.policy.EXECUTION_SENSITIVE_PATHS) the model may edit anyway; shown to approvers",
+    )
+    test_paths: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TEST_PATHS),
+        description="Where the model's regression test may be written",
+    )
     approval_timeout_s: int = Field(default=86_400, ge=1)
     max_diff_lines: int = Field(default=200, ge=1)
     quiet_window_s: int = Field(
@@ -262,6 +274,11 @@ class PatchResult(BaseModel):
     lines_added: int = 0
     lines_removed: int = 0
     diff: ArtifactRef | None = None
+    execution_sensitive: list[str] = Field(
+        default_factory=list,
+        description="Edited files a built-in execution-sensitive rule covers, let through by "
+        "services.<name>.allow_execution_sensitive_paths; the approval message names them",
+    )
 
 
 class VerificationResult(BaseModel):
@@ -533,6 +550,7 @@ class RegressionTestRequest(BaseModel):
     diagnosis: Diagnosis
     backend: str | None = Field(default=None, description="Prefer the backend that diagnosed")
     tokens_used: int = Field(default=0, ge=0, description="Tokens the incident has spent so far")
+    policy: ServicePolicy = Field(default_factory=ServicePolicy)
 
 
 class RegressionTestResult(BaseModel):

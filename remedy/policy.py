@@ -10,6 +10,8 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 
+import pathspec
+
 from remedy.models import (
     ApprovalRequest,
     DecideRequest,
@@ -56,64 +58,75 @@ def is_notify_only(severity: Severity, bar: Severity) -> bool:
 
 # ---------------------------------------------------------------------------- edit scope
 
+# Files whose change runs code on someone's machine before, or without, a review of what it
+# does: CI definitions, build and test hooks the test command loads, container builds, git's
+# own behaviour, and key and environment files. They are refused whatever allowed_paths says,
+# unless services.<name>.allow_execution_sensitive_paths names them, and matched ignoring case
+# (a case-insensitive checkout reads `MAKEFILE` as `Makefile`).
+EXECUTION_SENSITIVE_PATHS: tuple[str, ...] = (
+    ".github/**",
+    ".gitlab-ci.yml",
+    ".gitlab/**",
+    ".circleci/**",
+    "Jenkinsfile",
+    ".buildkite/**",
+    "azure-pipelines.yml",
+    "Makefile",
+    "GNUmakefile",
+    "setup.py",
+    "setup.cfg",
+    "pyproject.toml",
+    "tox.ini",
+    "noxfile.py",
+    "conftest.py",
+    "pytest.ini",
+    "sitecustomize.py",
+    "usercustomize.py",
+    "package.json",
+    ".pre-commit-config.yaml",
+    "pom.xml",
+    "build.gradle*",
+    "settings.gradle*",
+    "Rakefile",
+    "Cargo.toml",
+    "build.rs",
+    "Dockerfile*",
+    "docker-compose*.yml",
+    "docker-compose*.yaml",
+    ".git/**",
+    ".gitattributes",
+    ".gitmodules",
+    ".env*",
+    "*.pem",
+    "*.key",
+    "id_rsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    ".npmrc",
+    ".pypirc",
+    ".netrc",
+)
 
-@lru_cache(maxsize=512)
-def _glob(pattern: str) -> tuple[re.Pattern[str], bool]:
-    """A gitignore-style pattern as a regex over repository-relative POSIX paths.
 
-    `*` and `?` stay within one segment, `[...]` is a character class, `**` as a whole
-    segment spans any number of directories. A pattern without a slash (other than a
-    trailing one) matches at any depth (`*.pem`, `migrations/`); a trailing slash matches
-    directories only. Returns (regex, directories only).
-    """
-    directory_only = pattern.endswith("/")
-    anchored = "/" in pattern.rstrip("/")  # a leading or inner slash anchors to the root
-    body = pattern.strip("/")
-    if not anchored:
-        body = f"**/{body}"
-    segments = body.split("/")
-    parts: list[str] = []
-    for index, segment in enumerate(segments):
-        last = index == len(segments) - 1
-        if segment == "**":
-            parts.append(".*" if last else "(?:[^/]+/)*")
-            continue
-        parts.append(_segment_regex(segment) + ("" if last else "/"))
-    return re.compile("".join(parts)), directory_only
+@lru_cache(maxsize=1024)
+def _spec(pattern: str) -> pathspec.GitIgnoreSpec:
+    return pathspec.GitIgnoreSpec.from_lines([pattern])
 
 
-def _segment_regex(segment: str) -> str:
-    out: list[str] = []
-    index = 0
-    while index < len(segment):
-        char = segment[index]
-        if char == "*":
-            while index + 1 < len(segment) and segment[index + 1] == "*":
-                index += 1
-            out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif char == "[" and "]" in segment[index + 2 :]:
-            end = segment.index("]", index + 2)
-            content = segment[index + 1 : end]
-            negate = content[:1] in ("!", "^")
-            body = content[1:] if negate else content
-            out.append(f"[{'^' if negate else ''}{body.replace(chr(92), chr(92) * 2)}]")
-            index = end
-        else:
-            out.append(re.escape(char))
-        index += 1
-    return "".join(out)
-
-
-def _matches(pattern: str, path: str) -> bool:
-    """Whether `pattern` matches `path` or one of its directories (so `app` covers app/x.py)."""
-    regex, directory_only = _glob(pattern)
+def _matches(pattern: str, path: str, *, ignore_case: bool = False) -> bool:
+    """Whether the gitignore-style `pattern` matches `path` or one of its directories (so
+    `app` and `app/*` cover app/sub/x.py). A negated pattern (`!x`) matches nothing, so a
+    list of patterns is read one rule at a time and each refusal can name its rule."""
+    if ignore_case:
+        pattern, path = pattern.lower(), path.lower()
+    spec = _spec(pattern)
     segments = path.split("/")
-    candidates = ["/".join(segments[:end]) for end in range(1, len(segments) + 1)]
-    if directory_only:
-        candidates = candidates[:-1]
-    return any(regex.fullmatch(candidate) for candidate in candidates)
+    directories = ("/".join(segments[:end]) + "/" for end in range(1, len(segments)))
+    return any(spec.match_file(candidate) for candidate in (path, *directories))
+
+
+def _first_match(patterns: Sequence[str], path: str, *, ignore_case: bool = False) -> str | None:
+    return next((p for p in patterns if _matches(p, path, ignore_case=ignore_case)), None)
 
 
 def _unsafe_path(path: str) -> str | None:
@@ -131,7 +144,7 @@ def _unsafe_path(path: str) -> str | None:
         return "names no file"
     if ".." in segments:
         return "contains a '..' segment (edits must stay inside the repository)"
-    if ".git" in segments:
+    if ".git" in (segment.lower() for segment in segments):
         return "is inside .git/ (git metadata is never edited)"
     return None
 
@@ -140,37 +153,108 @@ def _normalized(path: str) -> str:
     return "/".join(segment for segment in path.split("/") if segment not in ("", "."))
 
 
-def _scope_problem(path: str, allowed: Sequence[str], forbidden: Sequence[str]) -> str | None:
+def _execution_sensitive_rule(path: str, lifted: Sequence[str]) -> str | None:
+    """The built-in rule that refuses `path`, or None (none matches, or the opt-in lifts it).
+
+    The opt-in matches case-sensitively: it lifts exactly the files it names."""
+    rule = _first_match(EXECUTION_SENSITIVE_PATHS, path, ignore_case=True)
+    return None if rule is None or _first_match(lifted, path) else rule
+
+
+def _scope_problem(
+    subject: str,
+    path: str,
+    policy: ServicePolicy,
+    service: str,
+    allowed: tuple[str, Sequence[str]],
+) -> str | None:
+    """Why `subject` (the edit or the test file at `path`) is out of scope, or None.
+
+    `allowed` is the setting that lists where it may go and its patterns: allowed_paths for
+    an edit, test_paths for the model's regression test."""
     unsafe = _unsafe_path(path)
     if unsafe:
-        return f"edit to {path!r} {unsafe}"
+        return f"{subject} {unsafe}"
     normalized = _normalized(path)
-    for pattern in forbidden:
-        if _matches(pattern, normalized):
-            return f"edit to {path!r} is forbidden by forbidden_paths pattern {pattern!r}"
-    if not any(_matches(pattern, normalized) for pattern in allowed):
-        listed = ", ".join(repr(pattern) for pattern in allowed) or "none"
-        return f"edit to {path!r} matches no allowed_paths pattern (allowed: {listed})"
+    forbidden = _first_match(policy.forbidden_paths, normalized, ignore_case=True)
+    if forbidden:
+        return f"{subject} is forbidden by forbidden_paths pattern {forbidden!r}"
+    key, patterns = allowed
+    if not _first_match(patterns, normalized):
+        listed = ", ".join(repr(pattern) for pattern in patterns) or "none"
+        return f"{subject} matches no {key} pattern (allowed: {listed})"
+    rule = _execution_sensitive_rule(normalized, policy.allow_execution_sensitive_paths)
+    if rule:
+        return (
+            f"{subject} touches an execution-sensitive file (built-in rule {rule!r}); "
+            f"lift it with services.{service}.allow_execution_sensitive_paths"
+        )
     return None
 
 
-def path_in_scope(path: str, allowed: Sequence[str], forbidden: Sequence[str]) -> bool:
+def path_in_scope(
+    path: str,
+    allowed: Sequence[str],
+    forbidden: Sequence[str],
+    allow_execution_sensitive: Sequence[str] = (),
+) -> bool:
     """Whether a repository-relative `path` may be edited under the allowed/forbidden globs.
 
-    Patterns are gitignore-like (`app/**`, `**/migrations/**`, `*.pem`, `secrets/`); a
-    pattern that matches a directory covers everything under it. Forbidden wins over
-    allowed. Absolute paths, backslashes, `..` segments and anything inside `.git/` are
-    never in scope.
+    Patterns are gitignore-like (`app/**`, `**/migrations/**`, `*.pem`, `secrets/`) and
+    matched with pathspec; a pattern that matches a directory covers everything under it.
+    Forbidden wins over allowed and, like the built-in EXECUTION_SENSITIVE_PATHS, ignores
+    case; allowed patterns match case-sensitively. Absolute paths, backslashes, `..`
+    segments and anything inside `.git/` are never in scope.
     """
-    return _scope_problem(path, allowed, forbidden) is None
+    policy = ServicePolicy(
+        allowed_paths=list(allowed),
+        forbidden_paths=list(forbidden),
+        allow_execution_sensitive_paths=list(allow_execution_sensitive),
+    )
+    return _scope_problem("path", path, policy, "<name>", ("allowed_paths", allowed)) is None
 
 
-def scope_violations(edits: Sequence[Edit], policy: ServicePolicy) -> list[str]:
+def scope_violations(
+    edits: Sequence[Edit], policy: ServicePolicy, service: str = "<name>"
+) -> list[str]:
     """One message per edit the service's policy does not allow, naming the path and rule."""
     problems = (
-        _scope_problem(edit.path, policy.allowed_paths, policy.forbidden_paths) for edit in edits
+        _scope_problem(
+            f"edit to {edit.path!r}",
+            edit.path,
+            policy,
+            service,
+            ("allowed_paths", policy.allowed_paths),
+        )
+        for edit in edits
     )
     return [problem for problem in problems if problem]
+
+
+def regression_test_violation(
+    path: str, policy: ServicePolicy, service: str = "<name>"
+) -> str | None:
+    """Why the model's regression test may not be written at `path`, or None.
+
+    The edit rules hold (forbidden_paths, execution-sensitive files such as conftest.py),
+    and the file goes only into the service's test directories (test_paths), whatever
+    allowed_paths says: the test runs before anyone approves, it is not part of the change.
+    """
+    return _scope_problem(
+        f"regression test {path!r}", path, policy, service, ("test_paths", policy.test_paths)
+    )
+
+
+def lifted_execution_sensitive(paths: Sequence[str], policy: ServicePolicy) -> list[str]:
+    """The paths a built-in execution-sensitive rule covers that the service's opt-in lets
+    through: the approval message names them, so nobody approves one unawares."""
+    lifted = policy.allow_execution_sensitive_paths
+    return [
+        path
+        for path in paths
+        if _first_match(EXECUTION_SENSITIVE_PATHS, _normalized(path), ignore_case=True)
+        and _first_match(lifted, _normalized(path))
+    ]
 
 
 def diff_size_violation(lines_added: int, lines_removed: int, max_lines: int) -> str | None:

@@ -17,10 +17,13 @@ from remedy.models import (
     Severity,
 )
 from remedy.policy import (
+    EXECUTION_SENSITIVE_PATHS,
     approval_refusal,
     diff_size_violation,
     is_notify_only,
+    lifted_execution_sensitive,
     path_in_scope,
+    regression_test_violation,
     scope_violations,
     severity_for,
 )
@@ -169,6 +172,143 @@ def test_scope_violation_with_no_allowed_paths() -> None:
     assert scope_violations([Edit(path="app/x.py", search="a", replace="b")], policy) == [
         "edit to 'app/x.py' matches no allowed_paths pattern (allowed: none)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("path", "rule"),
+    [
+        (".github/workflows/ci.yml", ".github/**"),
+        (".GitHub/Workflows/CI.yml", ".github/**"),
+        (".gitlab-ci.yml", ".gitlab-ci.yml"),
+        (".circleci/config.yml", ".circleci/**"),
+        ("Jenkinsfile", "Jenkinsfile"),
+        (".buildkite/pipeline.yml", ".buildkite/**"),
+        ("azure-pipelines.yml", "azure-pipelines.yml"),
+        ("Makefile", "Makefile"),
+        ("MAKEFILE", "Makefile"),
+        ("sub/GNUmakefile", "GNUmakefile"),
+        ("setup.py", "setup.py"),
+        ("setup.cfg", "setup.cfg"),
+        ("pyproject.toml", "pyproject.toml"),
+        ("tox.ini", "tox.ini"),
+        ("noxfile.py", "noxfile.py"),
+        ("conftest.py", "conftest.py"),
+        ("tests/unit/ConfTest.py", "conftest.py"),
+        ("pytest.ini", "pytest.ini"),
+        ("web/package.json", "package.json"),
+        (".pre-commit-config.yaml", ".pre-commit-config.yaml"),
+        ("Dockerfile", "Dockerfile*"),
+        ("deploy/Dockerfile.prod", "Dockerfile*"),
+        ("docker-compose.override.yml", "docker-compose*.yml"),
+        (".env", ".env*"),
+        ("app/.env.production", ".env*"),
+        ("certs/server.PEM", "*.pem"),
+        ("app/tls.key", "*.key"),
+        ("ops/id_rsa.pub", "id_rsa*"),
+        (".npmrc", ".npmrc"),
+        (".pypirc", ".pypirc"),
+        (".netrc", ".netrc"),
+    ],
+)
+def test_execution_sensitive_files_are_refused_whatever_allowed_paths_says(
+    path: str, rule: str
+) -> None:
+    assert not path_in_scope(path, ["**"], [])
+    [problem] = scope_violations(
+        [Edit(path=path, search="a", replace="b")], ServicePolicy(), "shop"
+    )
+    assert problem == (
+        f"edit to {path!r} touches an execution-sensitive file (built-in rule {rule!r}); "
+        "lift it with services.shop.allow_execution_sensitive_paths"
+    )
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["app/make.py", "app/environment.py", "docs/github.md", "app/keys.py", "tests/test_x.py"],
+)
+def test_ordinary_files_next_to_the_rules_stay_in_scope(path: str) -> None:
+    assert path_in_scope(path, ["**"], [])
+
+
+def test_every_built_in_rule_refuses_a_file_it_names() -> None:
+    for rule in EXECUTION_SENSITIVE_PATHS:
+        path = rule.replace("**", "x").replace("*", "x")
+        assert not path_in_scope(path, ["**"], []), rule
+
+
+def test_the_opt_in_lifts_only_what_it_names_and_is_shown() -> None:
+    policy = ServicePolicy(
+        allow_execution_sensitive_paths=["pyproject.toml", ".github/dependabot.yml"]
+    )
+    edits = [
+        Edit(path=path, search="a", replace="b")
+        for path in ("pyproject.toml", ".github/dependabot.yml", ".github/workflows/ci.yml",
+                     "PyProject.toml", ".git/config", "app/x.py")
+    ]  # fmt: skip
+
+    problems = scope_violations(edits, policy, "shop")
+
+    assert [p.split(" ")[2] for p in problems] == [
+        "'.github/workflows/ci.yml'",
+        "'PyProject.toml'",
+        "'.git/config'",
+    ]
+    assert "is inside .git/" in problems[2], "git metadata is never lifted"
+    assert lifted_execution_sensitive([e.path for e in edits], policy) == [
+        "pyproject.toml",
+        ".github/dependabot.yml",
+    ]
+    assert lifted_execution_sensitive(["app/x.py", "Makefile"], policy) == []
+
+
+def test_forbidden_patterns_ignore_case_allowed_patterns_do_not() -> None:
+    assert not path_in_scope("shop/Auth/users.py", ["**"], ["**/auth/**"])
+    assert not path_in_scope("APP/SETTINGS.PY", ["**"], ["app/settings.py"])
+    assert not path_in_scope("App/cart.py", ["app/**"], [])
+    assert path_in_scope("app/cart.py", ["app/**"], [])
+    assert not path_in_scope(".GIT/config", ["**"], [])
+    assert not path_in_scope("app/.Git/hooks/pre-commit", ["**"], [])
+
+
+def test_a_negated_pattern_never_widens_the_scope() -> None:
+    assert not path_in_scope("app/auth/x.py", ["**"], ["**/auth/**", "!app/auth/x.py"])
+    assert not path_in_scope("app/x.py", ["!app/x.py"], [])
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("tests/test_qty.py", None),
+        ("tests/unit/test_qty.py", None),
+        ("test/test_qty.py", None),
+        ("shop/tests/test_qty.py", None),
+        ("app/test_qty.py", "matches no test_paths pattern"),
+        ("test_qty.py", "matches no test_paths pattern"),
+        ("tests/conftest.py", "built-in rule 'conftest.py'"),
+        ("tests/auth/test_login.py", "forbidden by forbidden_paths pattern '**/auth/**'"),
+        ("tests/../app/test_x.py", "contains a '..' segment"),
+    ],
+)
+def test_the_regression_test_goes_only_into_the_test_directories(
+    path: str, problem: str | None
+) -> None:
+    policy = ServicePolicy(allowed_paths=["app/**"], forbidden_paths=["**/auth/**"])
+    found = regression_test_violation(path, policy, "shop")
+    if problem is None:
+        assert found is None
+    else:
+        assert (
+            found is not None and problem in found and found.startswith(f"regression test {path!r}")
+        )
+
+
+def test_test_paths_are_configurable() -> None:
+    policy = ServicePolicy(test_paths=["spec/**"])
+    assert regression_test_violation("spec/test_x.py", policy) is None
+    assert regression_test_violation("tests/test_x.py", policy) == (
+        "regression test 'tests/test_x.py' matches no test_paths pattern (allowed: 'spec/**')"
+    )
 
 
 def test_diff_size() -> None:

@@ -240,7 +240,7 @@ class IncidentWorkflow:
             return
 
         self._set_phase(Phase.PATCHING)
-        violations = policy.scope_violations(diagnosis.edits, start.policy)
+        violations = policy.scope_violations(diagnosis.edits, start.policy, start.service)
         if violations:
             self._finish(Phase.TRIAGED, "; ".join(violations))
             return
@@ -277,6 +277,7 @@ class IncidentWorkflow:
                 diagnosis=diagnosis,
                 backend=status.diagnosis.backend,
                 tokens_used=status.llm_tokens,
+                policy=start.policy,
             ),
             timeout=timedelta(minutes=20),
         )

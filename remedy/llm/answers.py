@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 from remedy.llm.conversation import ToolSpec
 from remedy.models import Diagnosis, Edit, ServicePolicy
 from remedy.patching import EditedFile, repo_path, try_edits
-from remedy.policy import diff_size_violation, scope_violations
+from remedy.policy import diff_size_violation, regression_test_violation, scope_violations
 
 
 class RegressionTestAnswer(BaseModel):
@@ -226,11 +226,16 @@ def diff_stats(original: str, text: str) -> tuple[int, int]:
 
 
 def validate_diagnosis(
-    diagnosis: Diagnosis, files: Mapping[str, str | None], policy: ServicePolicy, commit: str
+    diagnosis: Diagnosis,
+    files: Mapping[str, str | None],
+    policy: ServicePolicy,
+    commit: str,
+    service: str = "<name>",
 ) -> list[str]:
     """Every reason the diagnosis cannot be used as it is; empty when it can.
 
-    `files` maps each of `referenced_paths(diagnosis)` to its text at `commit` (None: absent).
+    `files` maps each of `referenced_paths(diagnosis)` to its text at `commit` (None: absent);
+    `service` names the remedy.toml section a scope refusal points to.
     """
     short = commit[:12]
     problems: list[str] = []
@@ -247,7 +252,7 @@ def validate_diagnosis(
     in_repo = [
         e.model_copy(update={"path": p}) for e in diagnosis.edits if (p := repo_path(e.path))
     ]
-    problems.extend(scope_violations(in_repo, policy))
+    problems.extend(scope_violations(in_repo, policy, service))
     patched, edit_problems = check_edits(diagnosis.edits, files, commit)
     problems.extend(edit_problems)
     added = removed = 0
@@ -266,12 +271,24 @@ def validate_diagnosis(
 _TEST_NAME = re.compile(r"^(test_.+|.+_test)\.py$")
 
 
-def validate_regression_test(answer: RegressionTestAnswer, *, exists: bool) -> list[str]:
-    """Why the proposed test file cannot be run as a new test; empty when it can."""
+def validate_regression_test(
+    answer: RegressionTestAnswer,
+    *,
+    exists: bool,
+    policy: ServicePolicy | None = None,
+    service: str = "<name>",
+) -> list[str]:
+    """Why the proposed test file cannot be run as a new test; empty when it can.
+
+    The path goes through the scope policy into the service's test directories
+    (remedy.policy.regression_test_violation; the default policy when none is given).
+    """
     path = repo_path(answer.path)
     if path is None:
         return [f"{answer.path}: the path must be relative and stay inside the repository"]
     problems = []
+    if out_of_scope := regression_test_violation(path, policy or ServicePolicy(), service):
+        problems.append(out_of_scope)
     if exists:
         problems.append(f"{path}: the file already exists; choose a new file name")
     if not _TEST_NAME.match(posixpath.basename(path)):
