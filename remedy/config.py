@@ -60,6 +60,18 @@ class IntakeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = Field(default=262_144, ge=1024)
+    max_json_depth: int = Field(
+        default=64, ge=8, description="Bodies nested deeper get a 400 before they are parsed"
+    )
+    parse_workers: int = Field(
+        default=2, ge=1, description="Processes that redact and parse large reports"
+    )
+    inline_parse_bytes: int = Field(
+        default=8_192,
+        ge=0,
+        description="Reports up to this size are parsed on the event loop, where the hand-off "
+        "to a parse worker would cost more than the work",
+    )
     coalesce_interval_s: float = Field(
         default=0.5, gt=0, description="How long duplicate reports are gathered before one signal"
     )

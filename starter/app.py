@@ -1,14 +1,20 @@
 """The HTTP intake: POST /v1/errors, GET /v1/incidents/{id}, health, OpenAPI at /docs.
 
-Every rejection happens before anything starts: size, token, JSON, schema, service.
+Every rejection happens before anything starts and before the costly part: token, size,
+nesting depth, JSON, per-field sizes, schema, service. Only then are the report's redaction
+and traceback parsing done, in worker processes for large reports (`IncidentBuilder`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import multiprocessing
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -21,8 +27,13 @@ from temporalio.service import RPCError
 
 from remedy import names
 from remedy.config import RemedyConfig, secret
-from remedy.intake import build_incident_start
-from remedy.models import ErrorEvent, IncidentStatus, IntakeResponse
+from remedy.intake import (
+    build_incident_start,
+    has_lone_surrogate,
+    nested_deeper_than,
+    oversized_field,
+)
+from remedy.models import ErrorEvent, IncidentStart, IncidentStatus, IntakeResponse
 from starter.incidents import IncidentNotFound, incident_status
 from starter.reporter import Reporter, TemporalReporter
 from starter.slack import mount_slack
@@ -44,9 +55,17 @@ class HTTPProblem(Exception):
         self.extra = extra
 
 
+class _ASCIIJSONResponse(JSONResponse):
+    """Messages quote what the client sent, and JSON may carry lone surrogates ("\\ud800")
+    that UTF-8 cannot encode: escaped, they reach the client instead of failing the answer."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 def _problem_response(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPProblem)
-    return JSONResponse(
+    return _ASCIIJSONResponse(
         {"error": exc.message, **exc.extra}, status_code=exc.status, headers=exc.headers
     )
 
@@ -78,8 +97,8 @@ def get_client(request: Request) -> Client:
 ConfigDep = Annotated[RemedyConfig, Depends(get_config)]
 
 
-def authenticated_service(request: Request, config: ConfigDep) -> str:
-    """The service whose intake token the request carries (401 when none matches)."""
+def presented_token(request: Request) -> bytes:
+    """The bearer token of the request (401 when there is none)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -88,20 +107,48 @@ def authenticated_service(request: Request, config: ConfigDep) -> str:
             "missing bearer token: send 'Authorization: Bearer <the service's intake token>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    presented = token.strip().encode()
+    return token.strip().encode()
+
+
+def token_service(config: RemedyConfig, presented: bytes) -> str | None:
+    """The service whose intake token this is, or None."""
     matched = None
     for name, service in config.services.items():
         expected = secret(service.intake_token_env)
         # Compare against every service so timing does not reveal which one matched.
         if expected and hmac.compare_digest(presented, expected.encode()):
             matched = name
-    if matched is None:
-        raise HTTPProblem(
+    return matched
+
+
+def services_without_token(config: RemedyConfig) -> list[str]:
+    return [name for name, s in config.services.items() if not secret(s.intake_token_env)]
+
+
+def invalid_token(config: RemedyConfig, claimed: str | None) -> HTTPProblem:
+    """The 401 for a token that matches no service. When the request is for a service the
+    intake holds no token for, the fault is the intake's, and the answer says how to fix it."""
+    if claimed in services_without_token(config):
+        env = config.services[claimed].intake_token_env
+        where = (
+            f"set {env}"
+            if env
+            else f"set services.{claimed}.intake_token_env in remedy.toml and export it"
+        )
+        return HTTPProblem(
             401,
-            "invalid intake token",
+            f"the intake has no token for service {claimed!r}: {where} where `remedy serve` runs",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
-    return matched
+    return HTTPProblem(
+        401, "invalid intake token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+    )
+
+
+def _foreign(what: str) -> HTTPProblem:
+    # One answer whether the other service exists or not: a token holder learns nothing
+    # about the services it cannot report for, nor which service its token is for.
+    return HTTPProblem(403, f"this token may not {what}")
 
 
 # ---------------------------------------------------------------------------- body handling
@@ -132,21 +179,28 @@ async def _read_capped_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_json_object(body: bytes) -> dict[str, Any]:
+def _parse_json_object(body: bytes, max_depth: int) -> dict[str, Any]:
     if not body:
         raise HTTPProblem(400, "empty body: send a JSON error event (see /docs)")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise HTTPProblem(400, f"body is not UTF-8 text (byte {exc.start} is invalid)") from None
+    too_deep = HTTPProblem(400, f"body: JSON nested deeper than {max_depth} levels")
+    if nested_deeper_than(body, max_depth):
+        raise too_deep
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise HTTPProblem(
             400, f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:  # the scan above should have caught it; never a 500
+        raise too_deep from None
     if not isinstance(data, dict):
         raise HTTPProblem(400, f"body must be a JSON object, not {type(data).__name__}")
+    if has_lone_surrogate(body, data):
+        raise HTTPProblem(400, "body: a string escapes half a UTF-16 surrogate pair (\\ud800)")
     return data
 
 
@@ -157,6 +211,70 @@ def _validation_problem(exc: ValidationError) -> HTTPProblem:
     ]
     summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
     return HTTPProblem(422, f"invalid error event: {summary}", fields=fields)
+
+
+# ---------------------------------------------------------------------------- the costly part
+
+# Large reports waiting for a parse worker, per worker; beyond it the intake answers 429 with
+# Retry-After (the client retries), so a flood of them queues neither memory nor latency.
+WAITING_PER_PARSE_WORKER = 16
+
+
+class IncidentBuilder:
+    """`build_incident_start` for the intake: redaction and traceback parsing hold the GIL
+    (0.2-0.8 s for a 200 KB traceback), so on the event loop one large report would delay
+    every other request. Large reports go to a bounded pool of processes; small ones, the
+    usual case, are built inline, cheaper than the hand-off (bench/intake_fuzz.py)."""
+
+    def __init__(self, config: RemedyConfig) -> None:
+        self._config = config
+        self._inline_bytes = config.intake.inline_parse_bytes
+        self._workers = config.intake.parse_workers
+        self._max_waiting = self._workers * WAITING_PER_PARSE_WORKER
+        self._waiting = 0
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # Forked from a clean server process, never from this one: the Temporal client's
+        # threads make forking the intake itself unsafe. Processes start on first use.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["remedy.intake"])
+        return ProcessPoolExecutor(self._workers, mp_context=context)
+
+    async def build(self, event: ErrorEvent, size: int) -> IncidentStart:
+        """The incident start of an accepted event whose request body had `size` bytes."""
+        if size <= self._inline_bytes:
+            return build_incident_start(event, self._config)
+        if self._waiting >= self._max_waiting:
+            raise HTTPProblem(
+                429,
+                f"the intake is busy with {self._waiting} large reports; retry",
+                headers={"Retry-After": "1"},
+            )
+        self._waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, build_incident_start, event, self._config)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): every queued report fails once, the
+            # next ones get a fresh pool.
+            log.warning("a parse worker died; starting a new pool")
+            self._pool = self._new_pool()
+            raise HTTPProblem(
+                503, "the intake lost a parse worker; retry", headers={"Retry-After": "1"}
+            ) from None
+        finally:
+            self._waiting -= 1
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+
+
+async def _incident_start(request: Request, event: ErrorEvent, size: int) -> IncidentStart:
+    builder: IncidentBuilder | None = request.app.state.builder
+    if builder is None:  # an app whose lifespan did not run (tests on an ASGI transport)
+        return build_incident_start(event, request.app.state.config)
+    return await builder.build(event, size)
 
 
 # ---------------------------------------------------------------------------- routes
@@ -177,23 +295,25 @@ router = APIRouter()
     summary="Report an error; opens or joins the incident for its fingerprint",
 )
 async def report_error(request: Request, config: ConfigDep) -> JSONResponse:
-    token_service = authenticated_service(request, config)
+    service = token_service(config, presented_token(request))
+    if service is None and not services_without_token(config):
+        raise invalid_token(config, None)
     body = await _read_capped_body(request, config.intake.max_body_bytes)
-    data = _parse_json_object(body)
+    data = _parse_json_object(body, config.intake.max_json_depth)
+    if service is None:
+        claimed = data.get("service")
+        raise invalid_token(config, claimed if isinstance(claimed, str) else None)
+    oversized = oversized_field(data)
+    if oversized is not None:
+        raise HTTPProblem(413, oversized)
     try:
         event = ErrorEvent.model_validate(data)
     except ValidationError as exc:
         raise _validation_problem(exc) from None
-    if event.service not in config.services:
-        raise HTTPProblem(
-            404, f"unknown service {event.service!r}: add [services.{event.service}] to remedy.toml"
-        )
-    if event.service != token_service:
-        raise HTTPProblem(
-            403, f"this token belongs to service {token_service!r}, not {event.service!r}"
-        )
+    if event.service != service:
+        raise _foreign(f"report for service {event.service!r}")
     reporter = get_reporter(request)
-    start = build_incident_start(event, config)
+    start = await _incident_start(request, event, len(body))
     try:
         response = await reporter.report(start)
     except Exception:
@@ -212,7 +332,23 @@ async def report_error(request: Request, config: ConfigDep) -> JSONResponse:
     summary="The incident's status (the workflow's `status` query)",
 )
 async def get_incident(incident_id: str, request: Request, config: ConfigDep) -> JSONResponse:
-    token_service = authenticated_service(request, config)
+    service = token_service(config, presented_token(request))
+    try:
+        workflow_id, _ = names.parse_incident_id(incident_id)
+    except ValueError as exc:
+        if service is None:
+            raise invalid_token(config, None) from None
+        raise HTTPProblem(404, str(exc)) from None
+    # The workflow id ends in the fingerprint; what comes before it names the service.
+    fingerprint = workflow_id[-16:]
+    if service is None:
+        claimed = next(
+            (n for n in config.services if names.workflow_id_for(n, fingerprint) == workflow_id),
+            None,
+        )
+        raise invalid_token(config, claimed)
+    if workflow_id != names.workflow_id_for(service, fingerprint):
+        raise _foreign(f"read incident {incident_id!r}")
     client = get_client(request)
     try:
         status = await incident_status(client, incident_id)
@@ -226,10 +362,8 @@ async def get_incident(incident_id: str, request: Request, config: ConfigDep) ->
             "is a worker running?",
             headers={"Retry-After": "2"},
         ) from None
-    if status.service != token_service:
-        raise HTTPProblem(
-            403, f"this token belongs to service {token_service!r}, not {status.service!r}"
-        )
+    if status.service != service:
+        raise _foreign(f"read incident {incident_id!r}")
     return JSONResponse(status.model_dump(mode="json"))
 
 
@@ -276,6 +410,16 @@ def create_app(
             )
             app.state.reporter = owned
 
+        for name in services_without_token(config):
+            env = config.services[name].intake_token_env
+            log.warning(
+                "the intake has no token for service %r: its reports get 401 until %s",
+                name,
+                f"${env} is set where `remedy serve` runs"
+                if env
+                else f"services.{name}.intake_token_env names a variable that is set",
+            )
+        app.state.builder = IncidentBuilder(config)
         # Temporal may be down or not up yet: the intake starts anyway and keeps trying.
         connecting = None
         if app.state.reporter is None:
@@ -291,6 +435,8 @@ def create_app(
                 await slack.stop()
             if owned is not None:
                 await owned.close()
+            await app.state.builder.close()
+            app.state.builder = None
 
     app = FastAPI(
         title="Remedy intake",
@@ -301,6 +447,7 @@ def create_app(
     app.state.config = config
     app.state.reporter = reporter
     app.state.client = client
+    app.state.builder = None
     app.add_exception_handler(HTTPProblem, _problem_response)
     app.include_router(router)
     # Approve/Reject clicks arrive at POST /slack/events (or over Socket Mode).
