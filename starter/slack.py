@@ -1,9 +1,11 @@
 """Slack listeners: the Approve and Reject buttons, and the modal that asks why.
 
-HTTP mode: Bolt's AsyncApp behind `POST /slack/events` of the intake app. Bolt checks Slack's
-v0 signature and timestamp first, so a forged or stale request gets 401 before any listener
-runs. Socket Mode (`[slack] socket_mode = true`): the same listeners over Slack's websocket,
-for teams without public ingress.
+HTTP mode: Bolt's AsyncApp behind `POST /slack/events` of the intake app. The intake checks
+Slack's v0 signature and timestamp before Bolt sees the request: Bolt parses a body before it
+verifies it (a deeply nested one fails with a 500), takes any timestamp header for a number
+(a 500 too) and logs the body of every forged request. Unsigned, stale or forged: 401, with
+nothing parsed and nothing logged. Socket Mode (`[slack] socket_mode = true`): the same
+listeners over Slack's websocket, for teams without public ingress.
 
 Every listener acks at once (Slack's 3-second window), then sends the workflow's `decide`
 Update with the clicker's Slack user id. The workflow's validator alone decides who may
@@ -13,16 +15,24 @@ decide: its refusal reaches the clicker, word for word, as an ephemeral message.
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
+from fastapi.responses import JSONResponse
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.adapter.starlette.async_handler import (
+    to_async_bolt_request,
+    to_starlette_response,
+)
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
+from starlette.requests import ClientDisconnect
 from temporalio.client import (
     Client,
     WorkflowUpdateFailedError,
@@ -50,6 +60,17 @@ log = logging.getLogger(__name__)
 
 TemporalProvider = Callable[[], Client | None]
 
+# Interactivity payloads carry the clicked message's blocks, which Slack keeps far smaller.
+MAX_SLACK_BODY_BYTES = 1_048_576
+# Slack's rule (and Bolt's): a signature older than five minutes may be a replay.
+MAX_SIGNATURE_AGE_S = 300
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+
+# Bolt logs whole request bodies at INFO (forged requests, listener errors); its loggers
+# inherit this one's level, so they keep their warnings and errors only.
+_BOLT_LOG = logging.getLogger(f"{__name__}.bolt")
+_BOLT_LOG.setLevel(logging.WARNING)
+
 
 class SlackListener:
     """The Bolt app with Remedy's listeners; `handle` serves HTTP, `start` joins Socket Mode."""
@@ -66,14 +87,16 @@ class SlackListener:
     ) -> None:
         self._temporal = temporal
         self._decide_timeout_s = decide_timeout_s
-        self.app = AsyncApp(name="remedy", token=bot_token, signing_secret=signing_secret)
+        self.app = AsyncApp(
+            name="remedy", token=bot_token, signing_secret=signing_secret, logger=_BOLT_LOG
+        )
         # Bolt reads $SLACK_BOT_TOKEN itself and warns when a client is passed beside it, so the
         # API URL (GovSlack, tests) is set on the client Bolt built.
         self.app.client.base_url = config.slack.api_url.rstrip("/") + "/"
         self.app.action(APPROVE_ACTION_ID)(self._on_approve)
         self.app.action(REJECT_ACTION_ID)(self._on_reject)
         self.app.view(REJECT_VIEW_ID)(self._on_reason)
-        self._http = AsyncSlackRequestHandler(self.app)
+        self._verifier = SignatureVerifier(signing_secret) if signing_secret else None
         self._socket = AsyncSocketModeHandler(self.app, app_token) if app_token else None
 
     @property
@@ -81,7 +104,26 @@ class SlackListener:
         return self._socket is not None
 
     async def handle(self, request: Request) -> Response:
-        return await self._http.handle(request)
+        """Serve `POST /slack/events`: Bolt sees only what Slack signed."""
+        body = await _capped_body(request, MAX_SLACK_BODY_BYTES)
+        if body is None:
+            return _refusal(413, f"body exceeds the {MAX_SLACK_BODY_BYTES}-byte limit")
+        if not self._signed_by_slack(request, body):
+            return _refusal(401, "invalid request: not signed by Slack, or signed too long ago")
+        try:
+            bolt_request = to_async_bolt_request(request, body)
+        except (ValueError, RecursionError):  # not UTF-8, or its `payload` is not JSON
+            return _refusal(400, "body is not a Slack interactivity payload")
+        return to_starlette_response(await self.app.async_dispatch(bolt_request))
+
+    def _signed_by_slack(self, request: Request, body: bytes) -> bool:
+        timestamp = request.headers.get("x-slack-request-timestamp", "")
+        signature = request.headers.get("x-slack-signature", "")
+        if self._verifier is None or not signature.isascii() or not _TIMESTAMP.fullmatch(timestamp):
+            return False
+        if abs(time.time() - int(timestamp)) > MAX_SIGNATURE_AGE_S:
+            return False
+        return self._verifier.is_valid(body, timestamp, signature)
 
     async def start(self) -> None:
         if self._socket is not None:
@@ -199,6 +241,28 @@ class SlackListener:
             )
         log.info("%s %sd by %s", incident_id, request.decision, request.approver)
         return None
+
+
+def _refusal(status: int, message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _capped_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it is over `limit` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdecimal() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                return None
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody is left to answer
+        return None
+    return b"".join(chunks)
 
 
 async def _message_blocks(
