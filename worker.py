@@ -22,7 +22,7 @@ from activities.progress import LivenessInterceptor
 from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
-from remedy.temporal import connect_options
+from remedy.temporal import address_of, reach_retrying
 from workflows.incident import IncidentWorkflow
 
 log = logging.getLogger("remedy.worker")
@@ -125,7 +125,17 @@ def build_workers(client: Client, config: RemedyConfig, role: str = "all") -> li
 
 
 async def run_workers(config: RemedyConfig, stop: asyncio.Event, role: str = "all") -> None:
-    client = await Client.connect(**connect_options(config))
+    """Poll until `stop` is set. Temporal may be down or not up yet: keep trying to connect
+    (a log line per try) rather than exit, and leave at once if stopped meanwhile."""
+    connecting = asyncio.ensure_future(reach_retrying(Client.connect, config))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not connecting.done():
+        connecting.cancel()
+        log.info("worker stopped before Temporal at %s answered", address_of(config))
+        return
+    stopping.cancel()
+    client = connecting.result()
     async with contextlib.AsyncExitStack() as running:
         for worker in build_workers(client, config, role):
             await running.enter_async_context(worker)

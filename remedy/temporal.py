@@ -3,16 +3,22 @@
 Connection settings come from remedy.toml's [temporal], overridden by whatever
 `temporalio.envconfig` finds (temporal.toml profiles, TEMPORAL_ADDRESS, TEMPORAL_API_KEY ...),
 so Temporal Cloud needs no new code. The intake, the CLI and the worker each pass these to
-`Client.connect`; this module holds no client itself.
+`Client.connect` (through `reach`, which turns "nobody answers" into TemporalUnreachable, or
+`reach_retrying`, which waits for Temporal to come up); this module holds no client itself.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfig
+from temporalio.service import RPCError
 
 from remedy.config import RemedyConfig, secret
 
@@ -37,3 +43,74 @@ def connect_options(config: RemedyConfig) -> dict[str, Any]:
 def data_converter(config: RemedyConfig) -> DataConverter:
     """The converter every client, worker and replayer uses: pydantic models as JSON."""
     return pydantic_data_converter
+
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Connect = Callable[..., Awaitable[T]]
+
+CONNECT_TIMEOUT_S = 10.0
+RETRY_FIRST_DELAY_S = 1.0
+RETRY_MAX_DELAY_S = 10.0
+
+
+class TemporalUnreachable(ConnectionError):
+    """No Temporal server answers at the configured address."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"Temporal at {address} unreachable ({reason})")
+        self.address = address
+        self.reason = reason
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """The OS's words from the Rust client's error chain ('Connection refused'), else its text."""
+    text = exc.message if isinstance(exc, RPCError) else str(exc)
+    found = re.findall(r'(?:message|error): "([^"]+)"', text)
+    if found:
+        return found[-1]
+    first_line = text.removeprefix("Failed client connect: ").partition("\n")[0]
+    return first_line[:200] or type(exc).__name__
+
+
+def address_of(config: RemedyConfig) -> str:
+    return str(connect_options(config)["target_host"])
+
+
+async def reach(
+    connect: Connect[T], config: RemedyConfig, *, timeout_s: float = CONNECT_TIMEOUT_S
+) -> T:
+    """`connect(**connect_options(config))` (that is, `Client.connect`), or TemporalUnreachable."""
+    options = connect_options(config)
+    address = str(options["target_host"])
+    try:
+        return await asyncio.wait_for(connect(**options), timeout_s)
+    except TimeoutError:
+        raise TemporalUnreachable(address, f"no answer within {timeout_s:.0f} s") from None
+    except (RuntimeError, RPCError) as exc:
+        raise TemporalUnreachable(address, unreachable_reason(exc)) from None
+
+
+async def reach_retrying(
+    connect: Connect[T],
+    config: RemedyConfig,
+    *,
+    first_delay_s: float = RETRY_FIRST_DELAY_S,
+    max_delay_s: float = RETRY_MAX_DELAY_S,
+) -> T:
+    """`reach`, waiting as long as it takes: a log line per failed try, the delay doubling."""
+    delay = first_delay_s
+    waited = False
+    while True:
+        try:
+            client = await reach(connect, config)
+        except TemporalUnreachable as exc:
+            log.warning("%s, retrying in %.0fs", exc, delay)
+            waited = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+            continue
+        if waited:
+            log.info("connected to Temporal at %s", address_of(config))
+        return client

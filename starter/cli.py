@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from starter.cli_common import DEFAULT_CONFIG, ConfigOption, JsonOption, fail, load_or_exit
+from starter.cli_common import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    JsonOption,
+    fail,
+    load_or_exit,
+    run_with_temporal,
+)
 
 app = typer.Typer(
     name="remedy",
@@ -152,10 +160,6 @@ def _read(path: Path) -> str:
 # ---------------------------------------------------------------------------- incidents
 
 
-def _run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
 @incidents_app.command("list")
 def incidents_list(
     config: ConfigOption = DEFAULT_CONFIG,
@@ -168,15 +172,11 @@ def incidents_list(
 ) -> None:
     """List incidents, newest first."""
     from starter.incidents import list_incidents
-    from starter.temporal_client import connect
 
     loaded = load_or_exit(config)
-
-    async def _list() -> list[Any]:
-        client = await connect(loaded)
-        return await list_incidents(client, service=service, phase=phase, limit=limit)
-
-    found = _run(_list())
+    found = run_with_temporal(
+        loaded, lambda client: list_incidents(client, service=service, phase=phase, limit=limit)
+    )
     if as_json:
         typer.echo(json.dumps([item.model_dump(mode="json") for item in found], indent=2))
         return
@@ -205,16 +205,10 @@ def incidents_show(
     """Show one incident: phase, evidence, diagnosis, verification, proposal."""
     from remedy.render.terminal import render_status
     from starter.incidents import IncidentNotFound, incident_status
-    from starter.temporal_client import connect
 
     loaded = load_or_exit(config)
-
-    async def _show() -> Any:
-        client = await connect(loaded)
-        return await incident_status(client, incident_id)
-
     try:
-        status = _run(_show())
+        status = run_with_temporal(loaded, lambda client: incident_status(client, incident_id))
     except IncidentNotFound as exc:
         raise fail(str(exc)) from None
     if as_json:
@@ -228,19 +222,26 @@ def _decide(
 ) -> None:
     from temporalio.client import WorkflowUpdateFailedError
 
+    from remedy.models import IncidentStatus
+    from starter.cli_approval import ApprovalRefused, check_cli_approver
     from starter.incidents import IncidentNotFound, decide
-    from starter.temporal_client import connect
 
     loaded = load_or_exit(config)
 
-    async def _go() -> Any:
-        client = await connect(loaded)
-        return await decide(client, incident_id, decision, approver, reason)
+    def authorize(status: IncidentStatus) -> None:
+        check_cli_approver(loaded, status.service, approver)
 
     try:
-        result = _run(_go())
+        result = run_with_temporal(
+            loaded,
+            lambda client: decide(
+                client, incident_id, decision, approver, reason, authorize=authorize
+            ),
+        )
     except IncidentNotFound as exc:
         raise fail(str(exc)) from None
+    except ApprovalRefused as exc:
+        raise fail(f"refused: {exc}") from None
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
         raise fail(f"refused: {getattr(cause, 'message', None) or cause}") from None
@@ -266,6 +267,41 @@ def reject(
 ) -> None:
     """Reject the proposed change; nothing is pushed."""
     _decide(config, incident_id, "reject", approver, reason)
+
+
+@app.command("approver-hash")
+def approver_hash(
+    approver: Annotated[str, typer.Argument(help="The approver id the line is for")],
+    generate: Annotated[
+        bool, typer.Option(help="Make a new random credential (printed once, on stderr)")
+    ] = False,
+) -> None:
+    """Print the remedy.toml line holding the hash of an approver's CLI credential.
+
+    The credential comes from REMEDY_APPROVER_TOKEN, a hidden prompt, or --generate; only its
+    salted scrypt hash is printed, for [services.<name>.cli_approvers].
+    """
+    import secrets
+
+    from remedy.config import secret
+    from starter.cli_approval import APPROVER_TOKEN_ENV, hash_credential
+
+    if generate:
+        token = secrets.token_urlsafe(32)
+        typer.echo(f"export {APPROVER_TOKEN_ENV}={token}", err=True)
+    else:
+        token = secret(APPROVER_TOKEN_ENV) or typer.prompt(
+            f"{approver}'s credential", hide_input=True, confirmation_prompt=True, err=True
+        )
+    if len(token) < 12:
+        raise fail("a credential needs at least 12 characters (--generate makes one)", 2)
+    key = approver if re.fullmatch(r"[A-Za-z0-9_-]+", approver) else json.dumps(approver)
+    typer.echo(f"{key} = {json.dumps(hash_credential(token))}")
+    typer.echo(
+        f"# under [services.<name>.cli_approvers]; `remedy approve` reads the credential "
+        f"from {APPROVER_TOKEN_ENV}",
+        err=True,
+    )
 
 
 # ---------------------------------------------------------------------------- demo
@@ -329,8 +365,10 @@ def main() -> None:
             print(exit_.code, file=sys.stderr)
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        # A closed pipe (`remedy ... | head`): nobody is left to read it.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
     os._exit(code)
 
 

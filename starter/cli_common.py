@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from remedy.config import DEFAULT_CONFIG_PATH, ConfigError, RemedyConfig, load_config
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+T = TypeVar("T")
 
 ConfigOption = Annotated[
     Path,
@@ -30,3 +37,18 @@ def load_or_exit(path: Path) -> RemedyConfig:
 def fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def run_with_temporal(config: RemedyConfig, work: Callable[[Client], Awaitable[T]]) -> T:
+    """Run `work` with a client; no Temporal, or an RPC it refuses, is one line and exit 1."""
+    from temporalio.service import RPCError
+
+    from remedy.temporal import TemporalUnreachable, address_of
+    from starter.temporal_client import cli_message, with_client
+
+    try:
+        return asyncio.run(with_client(config, work))
+    except TemporalUnreachable as exc:
+        raise fail(cli_message(exc)) from None
+    except RPCError as exc:
+        raise fail(f"Temporal at {address_of(config)} refused the call: {exc.message}") from None

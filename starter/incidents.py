@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from pydantic import BaseModel
@@ -69,14 +70,24 @@ async def incident_status(client: Client, incident_id: str) -> IncidentStatus:
 
 
 async def decide(
-    client: Client, incident_id: str, decision: str, approver: str, reason: str | None
+    client: Client,
+    incident_id: str,
+    decision: str,
+    approver: str,
+    reason: str | None,
+    *,
+    authorize: Callable[[IncidentStatus], None] | None = None,
 ) -> DecideResult:
     """Approve or reject the incident's current approval request.
 
-    The validator's refusal surfaces as temporalio's WorkflowUpdateFailedError.
+    `authorize` sees the incident before anything is sent and may raise to stop it (the CLI
+    checks the approver's credential there). The validator's refusal surfaces as temporalio's
+    WorkflowUpdateFailedError.
     """
     handle = await find_incident(client, incident_id)
     status = await handle.query(IncidentWorkflow.status)
+    if authorize is not None:
+        authorize(status)
     request_id = status.approval.request_id if status.approval else "none"
     return await handle.execute_update(
         IncidentWorkflow.decide,
