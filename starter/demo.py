@@ -24,10 +24,17 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from remedy.config import RemedyConfig, secret
 from remedy.models import TERMINAL_PHASES, IncidentStatus, Phase
 from remedy.render.terminal import render_status
+from remedy.temporal import TemporalUnreachable
+from starter.cli_approval import (
+    APPROVER_TOKEN_ENV,
+    ApprovalRefused,
+    check_cli_approver,
+    hash_credential,
+)
 from starter.client import IntakeClient, IntakeRejected, intake_url
-from starter.dev import DevError, DevStack
+from starter.dev import DevError, DevStack, default_demo_token
 from starter.incidents import decide, incident_status
-from starter.temporal_client import connect
+from starter.temporal_client import cli_message, with_client
 
 DEMO_SERVICE = "demo"
 
@@ -194,7 +201,20 @@ async def follow_incident(
         await asyncio.sleep(0.3)
 
 
+def _demo_approver_credential(config: RemedyConfig, approver: str) -> str | None:
+    """`--approve-as` goes through the CLI's credential check like `remedy approve`. Unless
+    remedy.toml holds a hash for this approver (then REMEDY_APPROVER_TOKEN must match it), the
+    demo gives itself a one-off credential for its own sample service, for this run only."""
+    service = config.service(DEMO_SERVICE)
+    if approver in service.cli_approvers:
+        return secret(APPROVER_TOKEN_ENV)
+    token = secrets.token_urlsafe(24)
+    service.cli_approvers[approver] = hash_credential(token)
+    return token
+
+
 async def _drive(
+    client: Client,
     config: RemedyConfig,
     incident_id: str,
     *,
@@ -202,13 +222,20 @@ async def _drive(
     until_done: bool,
     timeout_s: float,
 ) -> IncidentStatus:
-    client = await connect(config)
     status = await follow_incident(
         client, incident_id, stop_at_approval=not until_done, timeout_s=timeout_s
     )
     if status.phase == Phase.AWAITING_APPROVAL and approve_as:
         _progress(render_status(status))
-        result = await decide(client, incident_id, "approve", approve_as, None)
+        token = _demo_approver_credential(config, approve_as)
+        result = await decide(
+            client,
+            incident_id,
+            "approve",
+            approve_as,
+            None,
+            authorize=lambda status: check_cli_approver(config, status.service, approve_as, token),
+        )
         _progress(f"approved by {result.decision.approver} through the CLI")
         status = await follow_incident(
             client, incident_id, stop_at_approval=False, timeout_s=timeout_s
@@ -264,6 +291,7 @@ def run_demo(
     traceback_text = crash_demo_service(work)
     release = _git(work, "rev-parse", "HEAD")
 
+    default_demo_token(config)
     stack: DevStack | None = None
     if not _intake_up(config):
         env_name = service.intake_token_env or ""
@@ -289,19 +317,35 @@ def run_demo(
         try:
             reply = IntakeClient.from_config(config).report(event)
         except IntakeRejected as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            hint = ""
+            if stack is None and "answered 401" in str(exc):
+                hint = (
+                    f" (the running intake holds another {service.intake_token_env}: "
+                    "give `remedy dev` and `remedy demo` the same one, or unset it in both)"
+                )
+            print(f"error: {exc}{hint}", file=sys.stderr)
             return 1
         _progress(f"reported: {json.dumps(reply)}")
         try:
             status = asyncio.run(
-                _drive(
+                with_client(
                     config,
-                    reply["incident_id"],
-                    approve_as=approve_as,
-                    until_done=until_done,
-                    timeout_s=timeout_s,
+                    lambda client: _drive(
+                        client,
+                        config,
+                        reply["incident_id"],
+                        approve_as=approve_as,
+                        until_done=until_done,
+                        timeout_s=timeout_s,
+                    ),
                 )
             )
+        except TemporalUnreachable as exc:
+            print(f"error: {cli_message(exc)}", file=sys.stderr)
+            return 1
+        except ApprovalRefused as exc:
+            print(f"error: approval refused: {exc}", file=sys.stderr)
+            return 1
         except WorkflowUpdateFailedError as exc:
             print(
                 f"error: approval refused: {getattr(exc.cause, 'message', exc.cause)}",
@@ -311,7 +355,10 @@ def run_demo(
         print(status.model_dump_json(indent=2) if as_json else render_status(status))
         if status.phase == Phase.AWAITING_APPROVAL and status.approval:
             approvers = " | ".join(status.approval.approvers) or "<approver>"
-            _progress(f"next: remedy approve {status.incident_id} --as {approvers}")
+            _progress(
+                f"next: remedy approve {status.incident_id} --as {approvers} "
+                f"(with {APPROVER_TOKEN_ENV} set: docs/approvals.md)"
+            )
         if keep and stack is not None:
             print(stack.banner(), flush=True)
             try:

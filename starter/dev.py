@@ -3,31 +3,84 @@
 The children run in their own sessions so that Ctrl-C reaches only this process, which
 then stops them in order — intake first (no new reports), worker next (running activities
 finish), Temporal last — and the SQLite file under the state directory keeps every
-incident for the next start.
+incident for the next start. Any stopping signal (INT, TERM, HUP, QUIT) does the same, and
+so does a closed stdout (`remedy dev | tee log`, then Ctrl-C kills tee too): nothing this
+process prints can keep it from stopping its children. Should it die without a chance to
+(SIGKILL), Linux sends each child SIGTERM (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ipaddress
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 import httpx
 
 from remedy import names
-from remedy.config import RemedyConfig
+from remedy.config import RemedyConfig, secret
 
 _SA_TYPES = {"KEYWORD": "Keyword", "INT": "Int"}
 
 
 class DevError(RuntimeError):
     pass
+
+
+class StopRequested(DevError):
+    """A signal arrived while the stack was starting."""
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+# The sample `demo` service's intake token on a loopback-only intake: the Makefile exports the
+# same value, so `remedy dev` and `remedy demo` agree however each was started.
+DEMO_TOKEN_ENV = "REMEDY_DEMO_TOKEN"
+DEMO_LOCAL_TOKEN = "remedy-demo-local-only"
+
+
+def default_demo_token(config: RemedyConfig) -> bool:
+    """Set REMEDY_DEMO_TOKEN to the local-only value when it is unset, the sample `demo`
+    service names it and the intake listens on loopback only; say whether it did."""
+    demo = config.services.get("demo")
+    if demo is None or demo.intake_token_env != DEMO_TOKEN_ENV or secret(DEMO_TOKEN_ENV):
+        return False
+    try:
+        loopback = ipaddress.ip_address(config.intake.host).is_loopback
+    except ValueError:
+        loopback = config.intake.host == "localhost"
+    if not loopback:
+        return False
+    os.environ[DEMO_TOKEN_ENV] = DEMO_LOCAL_TOKEN
+    return True
+
+
+def say(line: str, stream: TextIO | None = None) -> None:
+    """Print, unless nobody reads any more (a closed pipe): the supervisor carries on."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=stream or sys.stdout, flush=True)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def find_binary(name: str) -> str:
@@ -77,6 +130,8 @@ class DevStack:
         self.config_path = config_path.resolve()
         self.children: list[Child] = []
         self.logs = config.home_dir / "logs"
+        # Set from a signal handler: start() gives up at its next check.
+        self.stop_requested = False
 
     @property
     def intake_url(self) -> str:
@@ -101,6 +156,7 @@ class DevStack:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 env=self._child_env(),
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         child = Child(name, process, log)
         self.children.append(child)
@@ -154,9 +210,10 @@ class DevStack:
         except httpx.HTTPError:
             return False
 
-    def _wait(self, ready: object, what: str, deadline: float) -> None:
-        assert callable(ready)
+    def _wait(self, ready: Callable[[], bool], what: str, deadline: float) -> None:
         while not ready():
+            if self.stop_requested:
+                raise StopRequested(f"stopped while waiting for {what}")
             self.check_alive()
             if time.monotonic() > deadline:
                 raise DevError(f"{what} did not become ready in time (see {self.logs})")
@@ -179,7 +236,7 @@ class DevStack:
                 try:
                     child.process.wait(timeout=timeout_s)
                 except subprocess.TimeoutExpired:
-                    child.process.kill()
+                    _kill_group(child.process.pid)
                     child.process.wait()
                     problems.append(f"{child.name} did not stop within {timeout_s:.0f} s: killed")
                     continue
@@ -189,6 +246,8 @@ class DevStack:
                         f"{child.name} exited with code {child.process.returncode} "
                         f"(see {child.log})"
                     )
+            # Whatever the child left in its session (its process group) goes with it.
+            _kill_group(child.process.pid)
         self.children.clear()
         return problems
 
@@ -210,30 +269,35 @@ class DevStack:
 
 def run_dev(config: RemedyConfig, config_path: Path) -> int:
     stack = DevStack(config, config_path)
-    stopping = False
 
     def _request_stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+        stack.stop_requested = True
 
-    signal.signal(signal.SIGINT, _request_stop)
-    signal.signal(signal.SIGTERM, _request_stop)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _request_stop)
+    code = 0
     try:
+        if default_demo_token(config):
+            say(
+                f"{DEMO_TOKEN_ENV} is unset: the demo service's intake token is {DEMO_LOCAL_TOKEN!r}"
+            )
         stack.start()
-        print(stack.banner(), flush=True)
-        while not stopping:
+        say(stack.banner())
+        while not stack.stop_requested:
             stack.check_alive()
             time.sleep(0.5)
+    except StopRequested:
+        pass
     except DevError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        stack.stop()
-        return 1
-    except BaseException:
-        stack.stop()  # never leave a Temporal server or worker behind
-        raise
-    print("stopping intake, worker and Temporal ...", flush=True)
-    problems = stack.stop()
+        say(f"error: {exc}", sys.stderr)
+        code = 1
+    finally:
+        # Never leave a Temporal server or worker behind, whatever happened above.
+        if stack.children:
+            say("stopping intake, worker and Temporal ...")
+        problems = stack.stop()
     for problem in problems:
-        print(f"warning: {problem}", file=sys.stderr, flush=True)
-    print("stopped." if not problems else "stopped, not cleanly.", flush=True)
-    return 0 if not problems else 1
+        say(f"warning: {problem}", sys.stderr)
+    if code == 0:
+        say("stopped." if not problems else "stopped, not cleanly.")
+    return code if not problems else 1

@@ -19,6 +19,7 @@ from typer.testing import CliRunner, Result
 from remedy.models import Phase
 from starter.app import create_app
 from starter.cli import app as cli
+from starter.cli_approval import APPROVER_TOKEN_ENV, hash_credential
 from tests.conftest import free_port
 from tests.test_intake import RecordingReporter
 from tests.workflow_harness import (
@@ -34,6 +35,14 @@ from tests.workflow_harness import (
 from workflows.incident import IncidentWorkflow
 
 runner = CliRunner()
+
+APPROVER_CREDENTIAL = "cli-test-approver-credential"
+# Holds a valid CLI credential but is not in the service's approvers: the workflow decides.
+OUTSIDER = "U-outsider"
+_APPROVER_LINES = (
+    f'"{APPROVER}" = "{hash_credential(APPROVER_CREDENTIAL)}"\n'
+    f'"{OUTSIDER}" = "{hash_credential(APPROVER_CREDENTIAL)}"\n'
+)
 
 
 async def remedy(*args: str) -> Result:
@@ -55,8 +64,14 @@ def config_file(tmp_path: Path, client: Client, queue: str) -> Path:
         f'[temporal]\naddress = "{target}"\ntask_queue = "{queue}"\n'
         f'[services.shop]\nrepo = "{tmp_path / "shop.git"}"\n'
         f'intake_token_env = "CLI_SHOP_TOKEN"\napprovers = ["{APPROVER}"]\n'
+        f"[services.shop.cli_approvers]\n{_APPROVER_LINES}"
     )
     return path
+
+
+@pytest.fixture
+def credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(APPROVER_TOKEN_ENV, APPROVER_CREDENTIAL)
 
 
 @pytest.fixture
@@ -69,7 +84,7 @@ async def fakes(client: Client, queue: str) -> AsyncIterator[FakeActivities]:
 
 
 async def test_list_show_refuse_then_approve(
-    client: Client, queue: str, config_file: Path, fakes: FakeActivities
+    client: Client, queue: str, config_file: Path, fakes: FakeActivities, credential: None
 ) -> None:
     handle = await start_incident(client, queue, make_start())
     status = await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
@@ -92,7 +107,13 @@ async def test_list_show_refuse_then_approve(
     text = await remedy("incidents", "show", status.incident_id, *config)
     assert "awaiting one of" in text.output and "KeyError" in text.output
 
-    refused = await remedy("approve", status.incident_id, "--as", "U-stranger", *config)
+    # No credential for this name: the CLI refuses before anything reaches the workflow.
+    stranger = await remedy("approve", status.incident_id, "--as", "U-stranger", *config)
+    assert stranger.exit_code == 1
+    assert "refused" in stranger.output and "is not 'U-stranger''s" in stranger.output
+    assert APPROVER not in stranger.output
+    # A proven identity that the service does not list: the workflow's validator refuses.
+    refused = await remedy("approve", status.incident_id, "--as", OUTSIDER, *config)
     assert refused.exit_code == 1
     assert "refused" in refused.output and "is not an approver" in refused.output
 
@@ -104,7 +125,7 @@ async def test_list_show_refuse_then_approve(
 
 
 async def test_reject_needs_a_reason_and_records_it(
-    client: Client, queue: str, config_file: Path, fakes: FakeActivities
+    client: Client, queue: str, config_file: Path, fakes: FakeActivities, credential: None
 ) -> None:
     handle = await start_incident(client, queue, make_start())
     status = await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
