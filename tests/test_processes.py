@@ -19,7 +19,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from starter.dev import search_attribute_flags
+from remedy.config import RemedyConfig, load_config
+from starter.dev import (
+    DEMO_LOCAL_TOKEN,
+    DEMO_TOKEN_ENV,
+    default_demo_token,
+    search_attribute_flags,
+)
 from tests.conftest import TEMPORAL, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -267,3 +273,28 @@ def test_dev_under_a_closed_pipe_stops_its_whole_tree_on_a_signal(
         for pid, started in children.items():
             if _alive(pid, started):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_remedy_dev_gives_the_sample_demo_service_its_local_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def config(host: str, env_name: str = DEMO_TOKEN_ENV) -> RemedyConfig:
+        path = tmp_path / "remedy.toml"
+        path.write_text(
+            f'[intake]\nhost = "{host}"\n'
+            f'[services.demo]\nrepo = "demo.git"\nintake_token_env = "{env_name}"\n'
+        )
+        return load_config(path)
+
+    monkeypatch.delenv(DEMO_TOKEN_ENV, raising=False)
+    # An intake others can reach, or a service that is not the sample one: nothing is assumed.
+    assert not default_demo_token(config("0.0.0.0"))
+    assert not default_demo_token(config("127.0.0.1", env_name="SHOP_TOKEN"))
+    assert DEMO_TOKEN_ENV not in os.environ
+    assert default_demo_token(config("127.0.0.1"))
+    # The value the Makefile exports, so `make demo` and a bare `remedy dev` agree.
+    assert os.environ[DEMO_TOKEN_ENV] == DEMO_LOCAL_TOKEN
+    assert f"REMEDY_DEMO_TOKEN ?= {DEMO_LOCAL_TOKEN}" in (REPO_ROOT / "Makefile").read_text()
+    monkeypatch.setenv(DEMO_TOKEN_ENV, "my-own")
+    assert not default_demo_token(config("localhost"))
+    assert os.environ[DEMO_TOKEN_ENV] == "my-own"
