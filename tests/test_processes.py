@@ -120,6 +120,8 @@ def _temporal(port: int) -> list[str]:
     ]
 
 
+# Two processes start cold; on a busy machine that alone can take a minute.
+@pytest.mark.timeout(300)
 def test_serve_answers_without_temporal_and_recovers_when_it_comes_up(
     tmp_path: Path, spawn: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
@@ -147,6 +149,8 @@ def test_serve_answers_without_temporal_and_recovers_when_it_comes_up(
     assert "connected to Temporal" in log.read_text()
 
 
+# Two processes start cold; on a busy machine that alone can take a minute.
+@pytest.mark.timeout(300)
 def test_worker_waits_for_temporal_then_polls(
     tmp_path: Path, spawn: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
