@@ -1,6 +1,6 @@
 """The local forge: an approved change leaves the building as a pushed branch.
 
-`LocalForge` (the `propose_change` activity) commits the approved diff on `remedy/<incident>`
+`LocalForge` (the `propose_change` activity) commits the approved edits on `remedy/<incident>`
 and pushes that branch to the repository's own remote, storing the pull-request text
 (remedy.render.pull_request) beside the incident. `approval_of` is the check every forge makes
 before anything leaves.
@@ -12,9 +12,7 @@ remote is looked at before anything is created, and nothing is ever force-pushed
 
 from __future__ import annotations
 
-import tempfile
 from datetime import datetime
-from pathlib import Path
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -23,9 +21,11 @@ from activities.progress import heartbeat
 from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
+from remedy.git.diff import edited_tree
 from remedy.git.mirror import Mirror, ensure_commit, locked, mirror_for
 from remedy.git.runner import GitError, application_error, git_text, resolve_commit, run_git
-from remedy.models import Decision, IncidentStatus, Proposal, ProposeRequest
+from remedy.models import Decision, Edit, IncidentStatus, Proposal, ProposeRequest
+from remedy.patching import EditRefused
 from remedy.render.pull_request import (
     INCIDENT_TRAILER,
     commit_message,
@@ -65,7 +65,7 @@ class LocalForge:
         return self.publish(request.incident)
 
     def publish(self, incident: IncidentStatus) -> Proposal:
-        """Commit the approved diff and push the branch; a retry finds and returns the same one."""
+        """Commit the approved edits and push the branch; a retry finds and returns the same one."""
         worktree, patch = incident.worktree, incident.patch
         if worktree is None or patch is None or not patch.applied or patch.diff is None:
             raise ApplicationError(
@@ -75,6 +75,8 @@ class LocalForge:
                 non_retryable=True,
             )
         decision = approval_of(incident)
+        diagnosis = incident.diagnosis.diagnosis if incident.diagnosis else None
+        edits = diagnosis.edits if diagnosis else []
         branch = names.branch_for(incident.incident_id)
         title = pull_request_title(incident)
         diff = self.store.get_bytes(patch.diff)
@@ -90,7 +92,7 @@ class LocalForge:
                 commit = self._existing(mirror, branch, incident.incident_id, timeout)
                 if commit is None:
                     commit = self._commit(
-                        mirror, worktree.commit, diff, incident, title, decision.at
+                        mirror, worktree.commit, edits, incident, title, decision.at
                     )
                     self._push(mirror, commit, branch, timeout)
         except GitError as exc:
@@ -142,12 +144,14 @@ class LocalForge:
     def _commit(
         mirror: Mirror,
         parent: str,
-        diff: bytes,
+        edits: list[Edit],
         incident: IncidentStatus,
         title: str,
         at: datetime,
     ) -> str:
-        """The change as a commit on `parent`, built in a private index: same input, same sha."""
+        """The edits as a commit on `parent`, built in a private index: same input, same sha.
+
+        The edits are applied, not the stored diff: that one is redacted for people."""
         stamp = f"{int(at.timestamp())} +0000"
         identity = {
             "GIT_AUTHOR_NAME": COMMITTER_NAME,
@@ -157,24 +161,15 @@ class LocalForge:
             "GIT_COMMITTER_EMAIL": COMMITTER_EMAIL,
             "GIT_COMMITTER_DATE": stamp,
         }
-        with tempfile.TemporaryDirectory(prefix="remedy-propose-") as scratch:
-            index = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
-            run_git(["-C", mirror.path, "read-tree", parent], env=index, on_wait=heartbeat)
-            try:
-                run_git(
-                    ["-C", mirror.path, "apply", "--cached", "--whitespace=nowarn", "-"],
-                    env=index,
-                    input=diff,
-                    on_wait=heartbeat,
-                )
-            except GitError as exc:
-                raise ApplicationError(
-                    f"the patch of incident {incident.incident_id} no longer applies to "
-                    f"{parent[:12]}: {exc} (prepare the patch again)",
-                    type="PatchDoesNotApply",
-                    non_retryable=True,
-                ) from None
-            tree = git_text(mirror.path, "write-tree", env=index, on_wait=heartbeat)
+        try:
+            tree = edited_tree(mirror.path, parent, edits, on_wait=heartbeat)
+        except EditRefused as exc:
+            raise ApplicationError(
+                f"the patch of incident {incident.incident_id} no longer applies to "
+                f"{parent[:12]}: {exc} (prepare the patch again)",
+                type="PatchDoesNotApply",
+                non_retryable=True,
+            ) from None
         return run_git(
             ["-C", mirror.path, "commit-tree", "--no-gpg-sign", tree, "-p", parent, "-F", "-"],
             env=identity,

@@ -429,6 +429,11 @@ class VerifyRequest(BaseModel):
     incident_id: str
     worktree: Worktree
     patch: PatchResult
+    edits: list[Edit] = Field(
+        default_factory=list,
+        description="The edits the patch was made of: what is applied (remedy.git.diff."
+        "edited_tree), since the stored diff is redacted for people",
+    )
     error: ErrorInfo | None = None
     regression_test: RegressionTest | None = None
 

@@ -225,6 +225,108 @@ def redact_text(text: str) -> str:
     return "\n".join(out)
 
 
+def redact_code(text: str) -> str:
+    """Source code with its credentials redacted: private keys, token-shaped secrets and quoted
+    literals assigned to a secret's name; `token = get_token()` names a variable and stays."""
+    text = _PEM.sub(_pem, text)
+    return "\n".join(_redact_line(line, code=True) for line in text.split("\n"))
+
+
+# Languages where an unquoted `password = x` names a variable; anywhere else (configuration,
+# shell, .env, prose) it is a literal value.
+_CODE_SUFFIXES = frozenset(
+    {".py", ".pyi", ".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx", ".go", ".java", ".kt",
+     ".kts", ".scala", ".rb", ".rs", ".c", ".h", ".cc", ".cpp", ".hpp", ".cs", ".php",
+     ".swift", ".m", ".lua", ".ex", ".exs", ".erl", ".clj", ".dart"}
+)  # fmt: skip
+_HUNK = re.compile(r"^@@ -\d+(?:,(?P<old>\d+))? \+\d+(?:,(?P<new>\d+))? @@(?P<tail>.*)$")
+_DIFF_FILE = re.compile(r"^(?:\+\+\+ b/|--- a/|diff --git a/\S+ b/)(?P<path>\S+)")
+
+
+_FENCE = re.compile(r"^(?P<fence>`{3,})(?P<language>[\w+-]*)$")
+
+
+def redactor_for(path: str) -> Callable[[str], str]:
+    """How text stored or shown under `path` is redacted: unified diffs line by line for the
+    language of each file, source code by `redact_code`, Markdown by `redact_markdown`,
+    everything else by `redact_text`."""
+    name = path.rsplit("/", 1)[-1].lower()
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    if suffix in (".diff", ".patch"):
+        return redact_diff
+    if suffix == ".md":
+        return redact_markdown
+    return redact_code if suffix in _CODE_SUFFIXES else redact_text
+
+
+def redact_markdown(text: str) -> str:
+    """Markdown with its credentials redacted: a fenced block tagged `diff` as a diff (so the
+    change still reads as it is), everything else as text."""
+    out: list[str] = []
+    run: list[str] = []  # lines since the last fence line
+    closing: str | None = None  # the fence that ends the open diff block
+    for line in text.split("\n"):
+        opening = _FENCE.match(line) if closing is None else None
+        if opening and opening["language"] == "diff":
+            out.extend([redact_text("\n".join(run)), line] if run else [line])
+            run, closing = [], opening["fence"]
+        elif closing is not None and line == closing:
+            out.extend([redact_diff("\n".join(run)), line] if run else [line])
+            run, closing = [], None
+        else:
+            run.append(line)
+    if run or not out:
+        out.append((redact_diff if closing else redact_text)("\n".join(run)))
+    return "\n".join(out)
+
+
+def redact_diff(text: str) -> str:
+    """A unified diff with the credentials of its lines redacted, context lines included.
+
+    Each hunk line loses its secrets by the rules of its file's language (`redactor_for`),
+    so a reviewer still reads the change as it is; the +/-/space prefixes, headers and hunk
+    counts stay, so the diff keeps its shape (it no longer applies where a line changed: what
+    is applied is the edits, never this text).
+    """
+    text = _PEM.sub(_pem, text)
+    out: list[str] = []
+    redact: Callable[[str], str] = redact_code
+    old = new = 0
+    for line in text.split("\n"):
+        if (old > 0 or new > 0) and line[:1] in (" ", "-", "+", "\\"):
+            prefix, body = line[:1], line[1:]
+            old -= prefix in (" ", "-")
+            new -= prefix in (" ", "+")
+            out.append(prefix + redact(body))
+            continue
+        old = new = 0
+        hunk = _HUNK.match(line)
+        if hunk:
+            old, new = int(hunk["old"] or 1), int(hunk["new"] or 1)
+            out.append(line[: hunk.start("tail")] + redact(hunk["tail"]))
+            continue
+        if file := _DIFF_FILE.match(line):
+            redact = redactor_for(file["path"])
+            out.append(redact_code(line))
+        elif line[:1] in (" ", "+", "-") and not line.startswith(("--- ", "+++ ")):
+            out.append(line[:1] + redact(line[1:]))  # a hunk line without its header
+        else:
+            out.append(redact_code(line))
+    return "\n".join(out)
+
+
+def redact_value(value: Any, redact: Callable[[str], str] = redact_text) -> Any:
+    """`value` with every string in it redacted, however deep in lists and mappings it sits
+    (mapping keys too); other values are returned as they are."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list | tuple):
+        return type(value)(redact_value(item, redact) for item in value)
+    if isinstance(value, dict):
+        return {redact_value(k, redact): redact_value(v, redact) for k, v in value.items()}
+    return value
+
+
 def _redact_code(code: str | None) -> str | None:
     return None if code is None else _redact_line(code, code=True)
 

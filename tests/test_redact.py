@@ -2,15 +2,52 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from temporalio.testing import ActivityEnvironment
 
-from remedy.models import ErrorEvent, ErrorInfo, Frame
-from remedy.redact import REDACTED, is_sensitive_tag, redact_event, redact_text
+from activities.forge import LocalForge
+from activities.git import GitActivities
+from activities.llm import DiagnosisActivities
+from remedy.artifacts import ArtifactStore
+from remedy.config import LLMConfig
+from remedy.models import (
+    ApprovalRequest,
+    Decision,
+    DiagnoseRequest,
+    Edit,
+    ErrorEvent,
+    ErrorInfo,
+    Frame,
+    IncidentStatus,
+    InvestigateRequest,
+    PatchRequest,
+    Phase,
+    ProposeRequest,
+    ServicePolicy,
+    Severity,
+    SyncRequest,
+)
+from remedy.redact import (
+    REDACTED,
+    is_sensitive_tag,
+    redact_code,
+    redact_diff,
+    redact_event,
+    redact_markdown,
+    redact_text,
+    redact_value,
+)
+from remedy.render.pull_request import pull_request_body
+from remedy.render.slack import detail_text, render_message
+from tests.fakes import ollama_server as ollama_fake
+from tests.repos import git, make_service_repo
 
 GITHUB_CLASSIC = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
 JWT = (
@@ -291,3 +328,202 @@ def test_redact_event_keeps_field_limits() -> None:
 
     assert len(redacted.error.message) == 16_384
     assert ErrorEvent.model_validate(redacted.model_dump()).error.message == redacted.error.message
+
+
+# ---------------------------------------------------------------------------- every artifact
+
+PLANTED_AWS = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+PLANTED_GITHUB = "ghp_" + "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2"
+SHOP = (
+    "PRICES = {}\n"
+    f'AWS_SECRET_ACCESS_KEY = "{PLANTED_AWS}"\n'
+    f'DEPLOY_TOKEN = "{PLANTED_GITHUB}"\n'
+    "def price(item):\n"
+    "    return PRICES[item['sku']]\n"
+)
+
+
+def _all_text_under(root: Path) -> str:
+    return "\n".join(
+        path.read_bytes().decode("utf-8", errors="replace")
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    )
+
+
+async def test_a_secret_in_a_repository_file_reaches_no_artifact_pr_or_slack(
+    tmp_path: Path,
+) -> None:
+    """The whole path a secret next to the failing line used to take: the investigation's
+    code window, the prompt, the model's tool transcript, the diff and its context lines, the
+    pull request body and the Slack message. The change itself still lands exactly."""
+    incident_id = "checkout-0123456789abcdef-a1b2c3d4"
+    repo = make_service_repo(tmp_path)
+    base = repo.commit({"app/shop.py": SHOP}, "Price items by sku")
+    edit = Edit(
+        path="app/shop.py", search="PRICES[item['sku']]", replace="PRICES.get(item['sku'], 0)"
+    )
+    with ollama_fake.OllamaServer() as ollama:
+        config = repo.config(tmp_path / "home", llm="local").model_copy(
+            update={"llm": LLMConfig(ollama_host=ollama.url)}
+        )
+        store = ArtifactStore(config.artifacts_dir)
+        env = ActivityEnvironment()
+        git_activities = GitActivities(config, store)
+        worktree = env.run(
+            git_activities.sync_repo,
+            SyncRequest(incident_id=incident_id, service="checkout", release=base),
+        )
+        error = ErrorInfo(type="KeyError", message="'sku'")
+        frames = [Frame(file="/srv/app/app/shop.py", line=5, function="price")]
+        evidence = env.run(
+            git_activities.investigate,
+            InvestigateRequest(
+                incident_id=incident_id, worktree=worktree, error=error, frames=frames
+            ),
+        )
+        ollama.script(
+            ollama_fake.tool_call("read_file", path="app/shop.py"),
+            ollama_fake.answer(
+                {
+                    "summary": "Unknown skus raise KeyError in price()",
+                    "root_cause": "price() indexes PRICES directly",
+                    "confidence": 0.8,
+                    "evidence": [{"path": "app/shop.py", "line": 5}],
+                    "edits": [edit.model_dump()],
+                }
+            ),
+        )
+        diagnosis = await env.run(
+            DiagnosisActivities(config, store).diagnose,
+            DiagnoseRequest(
+                incident_id=incident_id,
+                severity=Severity.HIGH,
+                worktree=worktree,
+                error=error,
+                frames=frames,
+                evidence=evidence,
+                policy=ServicePolicy(),
+            ),
+        )
+        assert diagnosis.diagnosis is not None, diagnosis.abstained_reason
+        sent = json.dumps(ollama.chats)
+    patch = env.run(
+        git_activities.prepare_patch,
+        PatchRequest(
+            incident_id=incident_id, worktree=worktree, edits=[edit], policy=ServicePolicy()
+        ),
+    )
+    assert patch.applied and patch.diff is not None, patch.reason
+    diff = store.get_text(patch.diff)
+    assert f'AWS_SECRET_ACCESS_KEY = "{REDACTED}"' in diff, "the context line is redacted"
+
+    at = datetime(2026, 1, 6, 10, 30, tzinfo=UTC)
+    incident = IncidentStatus(
+        incident_id=incident_id,
+        workflow_id="incident-checkout-0123456789abcdef",
+        service="checkout",
+        fingerprint="0123456789abcdef",
+        phase=Phase.OPENING_PR,
+        severity=Severity.HIGH,
+        error_type="KeyError",
+        error_message="'sku'",
+        occurrences=1,
+        first_seen=at,
+        last_seen=at,
+        worktree=worktree,
+        evidence=evidence,
+        diagnosis=diagnosis,
+        patch=patch,
+        approval=ApprovalRequest(
+            request_id="r1",
+            approvers=["U1"],
+            requested_at=at,
+            expires_at=at + timedelta(days=1),
+            decision=Decision(decision="approve", approver="U1", at=at),
+        ),
+    )
+    proposal = env.run(LocalForge(config, store).propose_change, ProposeRequest(incident=incident))
+    _, blocks = render_message(incident, raw_error="KeyError: 'sku'", diff=diff)
+    people_see = "\n".join(
+        [
+            pull_request_body(incident, diff),
+            json.dumps(blocks),
+            detail_text(incident.model_copy(update={"phase": Phase.VERIFYING})),
+            _all_text_under(config.artifacts_dir),
+            sent,
+        ]
+    )
+
+    for secret in (PLANTED_AWS, PLANTED_GITHUB):
+        assert secret not in people_see
+    for key in ("evidence.json", "diagnosis/prompt.md", "diagnosis/transcript.json"):
+        assert store.exists(f"{incident_id}/{key}"), key
+    # What is applied is the edits: the pushed commit changes exactly the failing line.
+    pushed = git(repo.origin, "show", f"{proposal.commit}:app/shop.py")
+    assert pushed == SHOP.replace("PRICES[item['sku']]", "PRICES.get(item['sku'], 0)").rstrip()
+
+
+# ---------------------------------------------------------------------------- code, diffs, stores
+
+
+def test_code_keeps_variables_and_loses_literals() -> None:
+    code = f'token = get_token()\napi_key = "{GITHUB_CLASSIC}"\nPASSWORD = "hunter2"\n'
+    assert redact_code(code) == (
+        f'token = get_token()\napi_key = "{REDACTED}"\nPASSWORD = "{REDACTED}"\n'
+    )
+
+
+def test_a_diff_is_redacted_by_the_language_of_each_file_and_keeps_its_shape() -> None:
+    diff = (
+        "diff --git a/app/db.py b/app/db.py\n--- a/app/db.py\n+++ b/app/db.py\n"
+        "@@ -1,3 +1,3 @@ def connect(token):\n"
+        f' AWS_SECRET_ACCESS_KEY = "{AWS_SECRET}"\n'
+        "-    session = Session(token=token)\n"
+        "+    session = Session(token=token, timeout=5)\n"
+        "-- a removed line that looks like a header\n"
+        "diff --git a/.env b/.env\n--- a/.env\n+++ b/.env\n@@ -1 +1 @@\n"
+        "-PASSWORD=hunter2\n+PASSWORD=hunter3\n\\ No newline at end of file\n"
+    )
+    redacted = redact_diff(diff)
+    assert AWS_SECRET not in redacted and "hunter2" not in redacted and "hunter3" not in redacted
+    assert "-    session = Session(token=token)\n" in redacted, "code reads as it is"
+    assert "-PASSWORD=[REDACTED]\n+PASSWORD=[REDACTED]\n" in redacted, ".env values are literals"
+    assert len(redacted.splitlines()) == len(diff.splitlines())
+    assert redact_diff(redacted) == redacted
+
+
+def test_markdown_redacts_a_diff_block_as_a_diff_and_the_rest_as_text() -> None:
+    markdown = (
+        "password=hunter2\n\n````diff\n session = Session(token=token)\n"
+        f'+KEY = "{GITHUB_CLASSIC}"\n````\n\n```\ntoken = abc\n```\n'
+    )
+    assert redact_markdown(markdown) == (
+        f"password={REDACTED}\n\n````diff\n session = Session(token=token)\n"
+        f'+KEY = "{REDACTED}"\n````\n\n```\ntoken = {REDACTED}\n```\n'
+    )
+
+
+def test_values_are_redacted_however_deep() -> None:
+    value = {"a": [f"push {GITHUB_CLASSIC}", {"b": ("password=x", 3)}], "n": None}
+    assert redact_value(value) == {
+        "a": [f"push {REDACTED}", {"b": (f"password={REDACTED}", 3)}],
+        "n": None,
+    }
+
+
+def test_the_artifact_store_redacts_every_write(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    token = f"deploy with {GITHUB_CLASSIC}"
+    assert store.get_text(store.put_text("i/prompt.md", token)) == f"deploy with {REDACTED}"
+    log = store.put_bytes("i/verify/before.log", b"\xff " + token.encode())
+    assert store.get_bytes(log) == b"\xff deploy with " + REDACTED.encode()
+    record = store.put_json("i/evidence.json", {"window": f"password=hunter2 {GITHUB_CLASSIC}"})
+    assert store.get_json(record) == {"window": f"password={REDACTED} {REDACTED}"}
+    # What a model wrote replays as written: only literal-shaped secrets go.
+    turn = store.put_json("llm-cache/k.json", {"search": "token = get_token()"}, model_output=True)
+    assert store.get_json(turn) == {"search": "token = get_token()"}
+    test_file = store.put_text("i/regression/test_file.py", "def test():\n    token = make()\n")
+    assert store.get_text(test_file) == "def test():\n    token = make()\n"
+    clean = b'{"b": 1,\n"a": 2}'
+    assert store.get_bytes(store.put_bytes("i/raw.json", clean)) == clean, "clean data unchanged"

@@ -288,6 +288,7 @@ class IncidentWorkflow:
                 incident_id=status.incident_id,
                 worktree=worktree,
                 patch=status.patch,
+                edits=diagnosis.edits,
                 error=start.event.error,
                 regression_test=regression.test,
             ),

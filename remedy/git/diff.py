@@ -63,6 +63,52 @@ class CommitFiles:
         return read_blob(self._repo, self._entries[path][1], on_wait=self._on_wait)
 
 
+def _stage(
+    repo: Path,
+    commit: str,
+    files: Mapping[str, patching.EditedFile],
+    env: Mapping[str, str],
+    on_wait: OnWait | None,
+) -> None:
+    """`commit`'s tree with the edited files in the index that `env` names."""
+    run_git(["-C", repo, "read-tree", commit], env=env, on_wait=on_wait)
+    index_info = b""
+    for path, edited in files.items():
+        blob = run_git(
+            ["-C", repo, "hash-object", "-w", "--no-filters", "--stdin"],
+            input=edited.text.encode("utf-8"),
+            on_wait=on_wait,
+        ).text
+        index_info += f"{edited.mode} {blob}\t{path}".encode() + b"\0"
+    run_git(
+        ["-C", repo, "update-index", "-z", "--index-info"],
+        env=env,
+        input=index_info,
+        on_wait=on_wait,
+    )
+
+
+def edited_tree(
+    repo: Path,
+    commit: str,
+    edits: Sequence[Edit],
+    *,
+    on_wait: OnWait | None = None,
+) -> str:
+    """The tree of `commit` with `edits` applied, written to `repo`'s object store.
+
+    This is what is applied, never the stored diff: that one is redacted for people, so a
+    credential on a context line would keep it from applying. EditRefused when the edits no
+    longer apply to `commit`.
+    """
+    base = CommitFiles(repo, commit, edits, on_wait=on_wait)
+    files = patching.apply_edits(edits, base, f"commit {commit[:12]}")
+    with tempfile.TemporaryDirectory(prefix="remedy-tree-") as scratch:
+        env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
+        _stage(repo, commit, files, env, on_wait)
+        return run_git(["-C", repo, "write-tree"], env=env, on_wait=on_wait).text
+
+
 def diff_against(
     repo: Path,
     commit: str,
@@ -73,21 +119,7 @@ def diff_against(
     """git's own diff of the edited files against `commit`, and the lines added and removed."""
     with tempfile.TemporaryDirectory(prefix="remedy-patch-") as scratch:
         env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
-        run_git(["-C", repo, "read-tree", commit], env=env, on_wait=on_wait)
-        index_info = b""
-        for path, edited in files.items():
-            blob = run_git(
-                ["-C", repo, "hash-object", "-w", "--no-filters", "--stdin"],
-                input=edited.text.encode("utf-8"),
-                on_wait=on_wait,
-            ).text
-            index_info += f"{edited.mode} {blob}\t{path}".encode() + b"\0"
-        run_git(
-            ["-C", repo, "update-index", "-z", "--index-info"],
-            env=env,
-            input=index_info,
-            on_wait=on_wait,
-        )
+        _stage(repo, commit, files, env, on_wait)
         common: list[str | Path] = [
             "-C", repo, "diff", "--cached", "--no-color", "--no-ext-diff", "--no-textconv",
             "--no-renames", "--no-relative", "--src-prefix=a/", "--dst-prefix=b/",

@@ -146,7 +146,7 @@ class Session:
                 self._progress,
             )
             if self._llm.cache:
-                self._store.put_json(key, turn.model_dump())
+                self._store.put_json(key, turn.model_dump(), model_output=True)
         spent_in, spent_out = (0, 0) if turn.cached else (turn.input_tokens, turn.output_tokens)
         cost, priced = estimate_cost(
             backend.name, backend.model, spent_in, spent_out, self._llm.prices
@@ -196,7 +196,9 @@ class Session:
             else:
                 result = await self.tools.run(call)
             arguments = json.dumps(call.arguments, ensure_ascii=False, sort_keys=True)
-            self.note("tool_call", call=call.model_dump(), result=result.model_dump())
+            # The transcript keeps what the model was shown: the result as chat() redacts it.
+            shown = result.model_copy(update={"content": redact_text(result.content)})
+            self.note("tool_call", call=call.model_dump(), result=shown.model_dump())
             if len(self.summaries) < MAX_SUMMARIES:
                 self.summaries.append(
                     ToolCallSummary(
@@ -211,6 +213,7 @@ class Session:
         return results
 
     def save(self, key: str, **extra: Any) -> ArtifactRef:
+        """The transcript: what the model was shown (redacted already) and what it answered."""
         return self._store.put_json(
             key,
             {
@@ -220,4 +223,5 @@ class Session:
                 "usage": [u.model_dump() for u in self.usage],
                 "events": self.events,
             },
+            model_output=True,
         )
