@@ -70,7 +70,7 @@ def test_the_issue_shows_the_raw_error_the_evidence_the_link_and_its_marker() ->
         "\n"
         "## Evidence\n"
         "\n"
-        "total() reads item['price'] without a default\n"
+        "```\ntotal() reads item['price'] without a default\n```\n"
         "\n"
         f"[Incident {incident.incident_id} in the Temporal UI]({incident.ui_url})\n"
         "\n"

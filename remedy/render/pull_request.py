@@ -1,15 +1,18 @@
 """Forge text: the pull request's title and body, the commit message, the GitHub issue.
 
 Functions from an incident to Markdown or plain text, shared by both forges (the local push
-stores the body beside the incident; GitHub opens it). Untrusted text (error messages,
-tracebacks, commit subjects) is fenced or escaped here, in one place.
+stores the body beside the incident; GitHub opens it). Every untrusted string (error text,
+tracebacks, paths, commit subjects and authors, test output, model output) goes through
+remedy.render.sanitize: code or fenced in Markdown, defused in plain text, redacted in both.
 """
 
 from __future__ import annotations
 
-import re
+import textwrap
 
 from remedy.models import IncidentStatus
+from remedy.redact import redact_diff, redact_markdown
+from remedy.render.sanitize import code, fenced, inline, own_link, plain
 
 INCIDENT_TRAILER = "Remedy-Incident"
 FINGERPRINT_MARKER = "remedy-fingerprint"
@@ -27,15 +30,10 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def _fence(text: str, language: str = "") -> str:
-    """A fenced block that no backtick run inside `text` can close early."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}{language}\n{text.rstrip()}\n{fence}"
-
-
-def _cell(text: str) -> str:
-    return _one_line(text).replace("|", "\\|")
+def _prose(text: str) -> str:
+    """Model prose as a fenced block, wrapped so it reads without scrolling."""
+    paragraphs = [textwrap.fill(p, 100) for p in text.strip().split("\n")]
+    return fenced("\n".join(paragraphs))
 
 
 def _failing_file(incident: IncidentStatus) -> str | None:
@@ -60,20 +58,21 @@ def pull_request_title(incident: IncidentStatus) -> str:
     else:
         where = _failing_file(incident)
         subject = f"{incident.error_type} in {where}" if where else incident.error_type
-    return _clip(prefix + subject, MAX_TITLE_CHARS)
+    return _clip(prefix + _one_line(plain(subject)), MAX_TITLE_CHARS)
 
 
 def commit_message(incident: IncidentStatus, title: str) -> str:
     """Title, the diagnosis in a paragraph, and the trailer that marks the branch as ours."""
     diagnosis = incident.diagnosis.diagnosis if incident.diagnosis else None
-    paragraphs = [title]
     if diagnosis:
-        paragraphs.append(_clip(_one_line(diagnosis.root_cause or diagnosis.summary), 1000))
+        about = diagnosis.root_cause or diagnosis.summary
     else:
-        paragraphs.append(
-            _clip(_one_line(f"{incident.error_type}: {incident.error_message}"), 1000)
-        )
-    paragraphs.append(f"{INCIDENT_TRAILER}: {incident.incident_id}")
+        about = f"{incident.error_type}: {incident.error_message}"
+    paragraphs = [
+        _one_line(plain(title)),
+        _clip(_one_line(plain(about)), 1000),
+        f"{INCIDENT_TRAILER}: {incident.incident_id}",
+    ]
     return "\n\n".join(p for p in paragraphs if p) + "\n"
 
 
@@ -82,10 +81,10 @@ def pull_request_body(incident: IncidentStatus, diff: str) -> str:
     out = [f"Remedy prepared this change for incident `{incident.incident_id}` "
            f"of service `{incident.service}`."]  # fmt: skip
 
-    out += ["", "## Error", "", _fence(f"{incident.error_type}: {incident.error_message}")]
+    out += ["", "## Error", "", fenced(f"{incident.error_type}: {incident.error_message}")]
     out.append(
         f"\n{incident.occurrences} occurrence(s), first seen {incident.first_seen.isoformat()}"
-        + (f", release `{incident.release}`." if incident.release else ".")
+        + (f", release {code(incident.release)}." if incident.release else ".")
     )
     evidence = incident.evidence
     if evidence and evidence.frames:
@@ -94,12 +93,13 @@ def pull_request_body(incident: IncidentStatus, diff: str) -> str:
             + ("" if f.found else " (not found in the repository)")
             for f in evidence.frames[:10]
         ]
-        out += ["", "Stack, innermost first:", "", _fence("\n".join(stack))]
+        out += ["", "Stack, innermost first:", "", fenced("\n".join(stack))]
 
     result = incident.diagnosis
     diagnosis = result.diagnosis if result else None
     if result and diagnosis:
-        out += ["", "## Root cause", "", diagnosis.root_cause.strip() or diagnosis.summary.strip()]
+        cause = diagnosis.root_cause.strip() or diagnosis.summary.strip()
+        out += ["", "## Root cause", "", "As the model wrote it:", "", _prose(cause)]
         confidence = f"Confidence: {diagnosis.confidence:.0%}"
         if result.backend:
             # What the model spent on this fix: reviewers see the running cost of Remedy.
@@ -116,15 +116,15 @@ def pull_request_body(incident: IncidentStatus, diff: str) -> str:
             )
         if diagnosis.evidence:
             out += ["", "Evidence:"]
-            out += [f"- `{line.path}:{line.line}`" for line in diagnosis.evidence]
+            out += [f"- {code(f'{line.path}:{line.line}')}" for line in diagnosis.evidence]
     if evidence and evidence.summary:
-        out += ["", "## Investigation", "", _fence(evidence.summary)]
+        out += ["", "## Investigation", "", fenced(evidence.summary)]
     if evidence and evidence.suspect_commits:
         out += ["", "Suspect commits:", "", "| Commit | Author | Date | Subject | Why |",
                 "|---|---|---|---|---|"]  # fmt: skip
         out += [
-            f"| `{s.sha[:12]}` | {_cell(s.author)} | {s.date[:10]} | {_cell(s.subject)} "
-            f"| {_cell(s.reason)} |"
+            f"| {code(s.sha[:12])} | {inline(s.author)} | {inline(s.date[:10])} "
+            f"| {inline(s.subject)} | {inline(s.reason)} |"
             for s in evidence.suspect_commits
         ]
 
@@ -133,21 +133,28 @@ def pull_request_body(incident: IncidentStatus, diff: str) -> str:
         out += ["", "## Change", ""]
         out.append(
             f"{len(patch.files)} file(s), +{patch.lines_added} -{patch.lines_removed}: "
-            + ", ".join(f"`{path}`" for path in patch.files)
+            + ", ".join(code(path) for path in patch.files)
         )
+        if patch.execution_sensitive:
+            out.append(
+                f"\n**Edits execution-sensitive files**, allowed by "
+                f"`services.{incident.service}.allow_execution_sensitive_paths`: "
+                + ", ".join(code(path) for path in patch.execution_sensitive)
+            )
         lines = diff.splitlines()
         shown = "\n".join(lines[:MAX_BODY_DIFF_LINES])
         if len(lines) > MAX_BODY_DIFF_LINES:
             shown += f"\n… {len(lines) - MAX_BODY_DIFF_LINES} more lines in the branch"
-        out += ["", "<details><summary>Diff</summary>", "", _fence(shown, "diff"), "", "</details>"]
+        out += ["", "<details><summary>Diff</summary>", "",
+                fenced(shown, "diff", redact=redact_diff), "", "</details>"]  # fmt: skip
 
     verification = incident.verification
     out += ["", "## Verification", ""]
     if verification:
         ran = f", {verification.tests_run} tests" if verification.tests_run is not None else ""
-        out.append(f"**{verification.status}**{ran}. {verification.summary}".rstrip())
+        out.append(f"**{verification.status}**{ran}. {inline(verification.summary)}".rstrip())
         if verification.new_failures:
-            out += [f"- new failure: `{name}`" for name in verification.new_failures[:10]]
+            out += [f"- new failure: {code(name)}" for name in verification.new_failures[:10]]
     else:
         out.append("Not run.")
 
@@ -157,12 +164,14 @@ def pull_request_body(incident: IncidentStatus, diff: str) -> str:
             "",
             "## Approval",
             "",
-            f"Approved by {decision.approver} at {decision.at.isoformat()}.",
+            f"Approved by {inline(decision.approver)} at {decision.at.isoformat()}.",
         ]
     if incident.ui_url:
-        out += ["", f"[The incident in the Temporal UI]({incident.ui_url})"]
+        out += ["", own_link(incident.ui_url, "The incident in the Temporal UI")]
     out += ["", "---", f"{INCIDENT_TRAILER}: {incident.incident_id}"]
-    return "\n".join(out) + "\n"
+    # Every piece is redacted already; this pass is the artifact store's own, so the body
+    # posted and the body stored are the same text.
+    return redact_markdown("\n".join(out) + "\n")
 
 
 # ---------------------------------------------------------------------------- the issue
@@ -174,11 +183,10 @@ def issue_marker(incident: IncidentStatus) -> str:
 
 
 def issue_title(incident: IncidentStatus) -> str:
-    message = _one_line(incident.error_message)
-    title = f"[{incident.severity.value}] {incident.error_type} in {incident.service}: {message}"
-    return (
-        title if len(title) <= MAX_ISSUE_TITLE_CHARS else title[: MAX_ISSUE_TITLE_CHARS - 1] + "…"
-    )
+    message = _one_line(plain(incident.error_message))
+    kind = _one_line(plain(incident.error_type))
+    title = f"[{incident.severity.value}] {kind} in {incident.service}: {message}"
+    return _clip(title, MAX_ISSUE_TITLE_CHARS)
 
 
 def issue_body(incident: IncidentStatus, raw_error: str) -> str:
@@ -189,14 +197,15 @@ def issue_body(incident: IncidentStatus, raw_error: str) -> str:
     lines = [
         f"Remedy saw this {incident.severity.value} error in `{incident.service}` "
         f"({incident.occurrences} occurrence(s), first {incident.first_seen.isoformat()}"
-        + (f", release `{incident.release}`" if incident.release else "")
+        + (f", release {code(incident.release)}" if incident.release else "")
         + ").",
         "",
-        _fence(raw),
+        fenced(raw),
     ]
     if incident.evidence is not None and incident.evidence.summary:
-        lines += ["", "## Evidence", "", incident.evidence.summary]
+        lines += ["", "## Evidence", "", fenced(incident.evidence.summary)]
     if incident.ui_url:
-        lines += ["", f"[Incident {incident.incident_id} in the Temporal UI]({incident.ui_url})"]
+        label = f"Incident {incident.incident_id} in the Temporal UI"
+        lines += ["", own_link(incident.ui_url, label)]
     lines += ["", issue_marker(incident)]
-    return "\n".join(lines) + "\n"
+    return redact_markdown("\n".join(lines) + "\n")

@@ -2,9 +2,10 @@
 with Approve and Reject buttons while a decision is pending; and its thread replies.
 
 Pure: the `notify` activity sends what this returns, the click listener parses the buttons it
-made. Untrusted text (the error, model output, diffs, reasons) is escaped here and nowhere else,
-and every string is redacted before it leaves, since diffs and model text can carry secrets the
-intake never saw.
+made. Untrusted text (the error, model output, diffs, paths, commit subjects, reasons) goes
+through remedy.render.sanitize, which redacts and escapes it; every text object is `verbatim`,
+so Slack links and mentions nothing by itself, and the only links and mentions are Remedy's
+own (the Temporal UI, the pull request, the approvers).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from remedy.models import (
     Severity,
     VerificationResult,
 )
-from remedy.redact import redact_text
+from remedy.redact import redact_code, redact_diff, redact_text, redact_value
+from remedy.render.sanitize import slack_code, slack_escape, slack_quote, slack_text
 
 APPROVE_ACTION_ID = "remedy_approve"
 REJECT_ACTION_ID = "remedy_reject"
@@ -70,32 +72,31 @@ class SlackIncident(Protocol):
 # ---------------------------------------------------------------------------- text pieces
 
 
-def escape(text: str) -> str:
-    """Slack's mrkdwn treats &, < and > as control characters."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+escape = slack_escape  # Slack's mrkdwn treats &, < and > as control characters.
 
 
 def _scrub(value: Any) -> Any:
-    """Every string of a message redacted, however deep in the blocks it sits."""
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, list | tuple):
-        return type(value)(_scrub(item) for item in value)
-    if isinstance(value, dict):
-        return {key: _scrub(item) for key, item in value.items()}
-    return value
+    """Every string of a message redacted once more as code, however deep in the blocks it
+    sits: each untrusted piece was redacted as it went in, this catches what looks like a key
+    wherever it ended up (the diff keeps reading as code)."""
+    return redact_value(value, redact_code)
 
 
 def _clip(text: str, limit: int = _SECTION_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _mrkdwn(text: str) -> dict[str, Any]:
+    # verbatim: Slack links no URL and parses no mention on its own; Remedy's links stay.
+    return {"type": "mrkdwn", "text": text, "verbatim": True}
+
+
 def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text)}}
+    return {"type": "section", "text": _mrkdwn(_clip(text))}
 
 
 def _context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(text)}]}
+    return {"type": "context", "elements": [_mrkdwn(_clip(text))]}
 
 
 def _date(moment: datetime) -> str:
@@ -109,7 +110,8 @@ def _link(url: str, label: str) -> str:
 
 
 def _mentions(user_ids: list[str]) -> str:
-    return ", ".join(f"<@{user}>" for user in user_ids) or "nobody (no approvers configured)"
+    mentions = ", ".join(f"<@{slack_escape(user)}>" for user in user_ids)
+    return mentions or "nobody (no approvers configured)"
 
 
 def _phase_label(phase: Phase) -> str:
@@ -133,10 +135,17 @@ def parse_button_value(value: str) -> tuple[str, str]:
         raise ValueError(f"button value {value[:80]!r} is not a Remedy decision button") from None
 
 
-def decision_note(decision: Literal["approve", "reject"], approver: str, reason: str | None) -> str:
-    """Who decided what, and why: on the message and in the click's instant feedback."""
+def decision_note(
+    decision: Literal["approve", "reject"],
+    approver: str,
+    reason: str | None,
+    *,
+    autolinked: bool = False,
+) -> str:
+    """Who decided what, and why: on the message and in the click's instant feedback
+    (`autolinked`: for a plain message text, see remedy.render.sanitize.slack_text)."""
     verb = "Approved" if decision == "approve" else "Rejected"
-    why = f": {escape(reason)}" if reason else ""
+    why = f": {slack_text(reason, autolinked=autolinked)}" if reason else ""
     return f"{verb} by <@{approver}>{why}"
 
 
@@ -233,14 +242,17 @@ def parse_reason_modal(view: dict[str, Any]) -> Rejection:
 # ---------------------------------------------------------------------------- the message
 
 
-def status_line(incident: SlackIncident) -> str:
-    """One line that says where the incident stands and who decided."""
+def status_line(incident: SlackIncident, *, autolinked: bool = False) -> str:
+    """One line that says where the incident stands and who decided (`autolinked`: for a
+    plain message text, see remedy.render.sanitize.slack_text)."""
     approval = incident.approval
     decision = approval.decision if approval else None
     decided = (
-        decision_note(decision.decision, decision.approver, decision.reason) if decision else ""
+        decision_note(decision.decision, decision.approver, decision.reason, autolinked=autolinked)
+        if decision
+        else ""
     )
-    reason = escape(incident.reason or "")
+    reason = slack_text(incident.reason or "", autolinked=autolinked)
     match incident.phase:
         case Phase.AWAITING_APPROVAL if approval is not None:
             return (
@@ -254,7 +266,7 @@ def status_line(incident: SlackIncident) -> str:
             if proposal and proposal.pr_url:
                 where = _link(proposal.pr_url, "pull request opened")
             elif proposal:
-                where = f"branch `{escape(proposal.branch)}` pushed"
+                where = f"branch `{slack_code(proposal.branch)}` pushed"
             else:
                 where = "change proposed"
             return f":white_check_mark: {decided}; {where}"
@@ -275,14 +287,14 @@ def render_message(
 ) -> tuple[str, Blocks]:
     """The incident's message, redacted: (notification text, blocks); `diff` is the patch."""
     blocks: Blocks = [
-        _section(f"```{escape(_raw_error(incident, raw_error))}```"),
+        _section(f"```{slack_code(_raw_error(incident, raw_error))}```"),
         {
             "type": "section",
             "fields": [
-                {"type": "mrkdwn", "text": f"*Service*\n{escape(incident.service)}"},
-                {"type": "mrkdwn", "text": f"*Severity*\n{incident.severity.value}"},
-                {"type": "mrkdwn", "text": f"*Occurrences*\n{incident.occurrences}"},
-                {"type": "mrkdwn", "text": f"*Incident*\n`{incident.incident_id}`"},
+                _mrkdwn(f"*Service*\n{slack_text(incident.service)}"),
+                _mrkdwn(f"*Severity*\n{incident.severity.value}"),
+                _mrkdwn(f"*Occurrences*\n{incident.occurrences}"),
+                _mrkdwn(f"*Incident*\n`{slack_code(incident.incident_id)}`"),
             ],
         },
     ]
@@ -291,19 +303,19 @@ def render_message(
     if diagnosis is not None:
         blocks.append(
             _section(
-                f"*Root cause* ({diagnosis.confidence:.0%} confidence)\n"
-                f"{escape(diagnosis.root_cause)}"
+                f"*Root cause* ({diagnosis.confidence:.0%} confidence), as the model wrote it:\n"
+                f"{slack_quote(diagnosis.root_cause)}"
             )
         )
     elif result is not None and result.abstained_reason:
-        blocks.append(_section(f"*No diagnosis*: {escape(result.abstained_reason)}"))
+        blocks.append(_section(f"*No diagnosis*: {slack_text(result.abstained_reason)}"))
 
     evidence_lines = _evidence_lines(incident)
     if evidence_lines:
         blocks.append(_section("*Evidence*\n" + "\n".join(evidence_lines)))
     patch = incident.patch
     if patch is not None and patch.applied:
-        files = ", ".join(f"`{escape(path)}`" for path in patch.files[:8])
+        files = ", ".join(f"`{slack_code(path)}`" for path in patch.files[:8])
         more = f" and {len(patch.files) - 8} more" if len(patch.files) > 8 else ""
         blocks.append(
             _section(
@@ -311,9 +323,18 @@ def render_message(
                 f"+{patch.lines_added} -{patch.lines_removed}"
             )
         )
+        if patch.execution_sensitive:
+            sensitive = ", ".join(f"`{slack_code(path)}`" for path in patch.execution_sensitive)
+            blocks.append(
+                _section(
+                    f":warning: *Edits execution-sensitive files* {sensitive}, allowed by "
+                    f"`services.{slack_code(incident.service)}.allow_execution_sensitive_paths`"
+                )
+            )
         if diff.strip():
             # Approvers decide here, before any pull request exists: show them the change.
-            blocks.append(_section(f"```{escape(_diff_excerpt(diff))}```"))
+            excerpt = slack_code(_diff_excerpt(diff), redact=redact_diff)
+            blocks.append(_section(f"```{excerpt}```"))
     verification = incident.verification
     if verification is not None:
         icon = {"passed": ":large_green_circle:", "failed": ":red_circle:"}.get(
@@ -323,7 +344,7 @@ def render_message(
         blocks.append(
             _section(
                 f"*Verification*: {icon} {verification.status}{tests}"
-                + (f"\n{escape(verification.summary)}" if verification.summary else "")
+                + (f"\n{slack_text(verification.summary)}" if verification.summary else "")
             )
         )
     if result is not None and result.backend:
@@ -336,7 +357,7 @@ def render_message(
     if incident.proposal and incident.proposal.pr_url:
         links.append(_link(incident.proposal.pr_url, "Pull request"))
     elif incident.proposal:
-        links.append(f"Branch `{escape(incident.proposal.branch)}`")
+        links.append(f"Branch `{slack_code(incident.proposal.branch)}`")
     if links:
         blocks.append(_context(" · ".join(links)))
     blocks.append(_section(status_line(incident)))
@@ -344,11 +365,12 @@ def render_message(
     approval = incident.approval
     if incident.phase == Phase.AWAITING_APPROVAL and approval and approval.decision is None:
         blocks.append(_decision_buttons(incident.incident_id, approval.request_id))
+    # The notification text is not verbatim: Slack links and mentions what it finds there.
     text = (
-        f"[{incident.severity.value}] {incident.error_type} in {incident.service}: "
-        f"{incident.phase.value.replace('_', ' ')}"
+        f"[{incident.severity.value}] {slack_text(incident.error_type, autolinked=True)} in "
+        f"{slack_text(incident.service)}: {incident.phase.value.replace('_', ' ')}"
     )
-    return redact_text(_clip(text, 300)), _scrub(blocks)
+    return _clip(text, 300), _scrub(blocks)
 
 
 def _raw_error(incident: SlackIncident, raw_error: str) -> str:
@@ -367,7 +389,7 @@ def _diff_excerpt(diff: str) -> str:
     shown: list[str] = []
     size = 0
     for line in lines:
-        size += len(escape(line)) + 1
+        size += len(slack_escape(line)) + 1
         if size > _DIFF_LIMIT:
             break
         shown.append(line)
@@ -382,17 +404,17 @@ def _evidence_lines(incident: SlackIncident) -> list[str]:
     if evidence is not None:
         for frame in [f for f in evidence.frames if f.found][:5]:
             where = f"{frame.path}:{frame.line}" if frame.line else frame.path
-            function = f" in `{escape(frame.function)}`" if frame.function else ""
-            lines.append(f"• `{escape(where)}`{function}")
+            function = f" in `{slack_code(frame.function)}`" if frame.function else ""
+            lines.append(f"• `{slack_code(where)}`{function}")
         for commit in evidence.suspect_commits[:3]:
-            why = f" ({escape(commit.reason)})" if commit.reason else ""
+            why = f" ({slack_text(commit.reason)})" if commit.reason else ""
             lines.append(
-                f"• suspect commit `{commit.sha[:10]}` {escape(commit.subject)} "
-                f"— {escape(commit.author)}{why}"
+                f"• suspect commit `{slack_code(commit.sha[:10])}` {slack_text(commit.subject)} "
+                f"— {slack_text(commit.author)}{why}"
             )
     diagnosis = incident.diagnosis.diagnosis if incident.diagnosis else None
     if diagnosis is not None and not lines:
-        lines.extend(f"• `{escape(ref.path)}:{ref.line}`" for ref in diagnosis.evidence[:5])
+        lines.extend(f"• `{slack_code(ref.path)}:{ref.line}`" for ref in diagnosis.evidence[:5])
     return lines
 
 
@@ -412,9 +434,9 @@ def detail_text(incident: SlackIncident, kind: Literal["update", "reminder"] = "
     result = incident.diagnosis
     match incident.phase:
         case Phase.DIAGNOSING if incident.evidence is not None:
-            details.append(escape(incident.evidence.summary))
+            details.append(slack_text(incident.evidence.summary, autolinked=True))
         case Phase.PATCHING | Phase.VERIFYING if result and result.diagnosis:
-            details.append(escape(result.diagnosis.summary))
+            details.append(slack_text(result.diagnosis.summary, autolinked=True))
         case Phase.AWAITING_APPROVAL if approval is not None:
             if incident.verification is not None:
                 details.append(f"Verification {incident.verification.status}.")
@@ -423,5 +445,5 @@ def detail_text(incident: SlackIncident, kind: Literal["update", "reminder"] = "
                 f"expires {_date(approval.expires_at)}."
             )
         case _:
-            details.append(status_line(incident))
+            details.append(status_line(incident, autolinked=True))
     return redact_text(_clip("\n".join([f"*{_phase_label(incident.phase)}*", *details])))
