@@ -46,6 +46,11 @@ def render_status(status: IncidentStatus) -> str:
             f"patch      {', '.join(status.patch.files)} "
             f"(+{status.patch.lines_added} -{status.patch.lines_removed})"
         )
+        if sensitive := status.patch.execution_sensitive:
+            lines.append(
+                f"  warning  edits execution-sensitive {', '.join(sensitive)} "
+                f"(allowed by services.{status.service}.allow_execution_sensitive_paths)"
+            )
     if status.verification:
         lines.append(f"verified   {status.verification.status}: {status.verification.summary}")
     if status.approval:
