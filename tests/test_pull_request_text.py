@@ -80,3 +80,17 @@ def test_the_issue_shows_the_raw_error_the_evidence_the_link_and_its_marker() ->
     assert issue_title(incident) == "[high] KeyError in checkout: 'sku'"
     incident.error_message = "x" * 300
     assert len(issue_title(incident)) == 120 and issue_title(incident).endswith("…")
+
+
+def test_the_body_names_execution_sensitive_files_the_opt_in_let_through() -> None:
+    incident = make_incident(Phase.OPENING_PR, decision="approve")
+    assert incident.patch is not None
+    assert "execution-sensitive" not in pull_request_body(incident, diff="")
+    incident.patch.execution_sensitive = ["pyproject.toml"]
+
+    body = pull_request_body(incident, diff="")
+
+    assert (
+        "**Edits execution-sensitive files**, allowed by "
+        "`services.checkout.allow_execution_sensitive_paths`: `pyproject.toml`"
+    ) in body
