@@ -55,17 +55,9 @@ class HTTPProblem(Exception):
         self.extra = extra
 
 
-class _ASCIIJSONResponse(JSONResponse):
-    """Messages quote what the client sent, and JSON may carry lone surrogates ("\\ud800")
-    that UTF-8 cannot encode: escaped, they reach the client instead of failing the answer."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, separators=(",", ":")).encode("ascii")
-
-
 def _problem_response(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPProblem)
-    return _ASCIIJSONResponse(
+    return JSONResponse(
         {"error": exc.message, **exc.extra}, status_code=exc.status, headers=exc.headers
     )
 
@@ -197,6 +189,8 @@ def _parse_json_object(body: bytes, max_depth: int) -> dict[str, Any]:
         ) from None
     except RecursionError:  # the scan above should have caught it; never a 500
         raise too_deep from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise HTTPProblem(400, f"body is not usable JSON: {exc}") from None
     if not isinstance(data, dict):
         raise HTTPProblem(400, f"body must be a JSON object, not {type(data).__name__}")
     if has_lone_surrogate(body, data):

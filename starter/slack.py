@@ -14,15 +14,19 @@ decide: its refusal reaches the clicker, word for word, as an ephemeral message.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from slack_bolt import BoltResponse
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.starlette.async_handler import (
     to_async_bolt_request,
@@ -30,7 +34,6 @@ from slack_bolt.adapter.starlette.async_handler import (
 )
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.errors import SlackApiError
-from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from starlette.requests import ClientDisconnect
 from temporalio.client import (
@@ -65,6 +68,8 @@ MAX_SLACK_BODY_BYTES = 1_048_576
 # Slack's rule (and Bolt's): a signature older than five minutes may be a replay.
 MAX_SIGNATURE_AGE_S = 300
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_PAYLOAD_SHAPE_ERRORS = (LookupError, TypeError, AttributeError, ValueError)
+UNREADABLE_PAYLOAD = "body is not a Slack payload Remedy can read"
 
 # Bolt logs whole request bodies at INFO (forged requests, listener errors); its loggers
 # inherit this one's level, so they keep their warnings and errors only.
@@ -96,7 +101,8 @@ class SlackListener:
         self.app.action(APPROVE_ACTION_ID)(self._on_approve)
         self.app.action(REJECT_ACTION_ID)(self._on_reject)
         self.app.view(REJECT_VIEW_ID)(self._on_reason)
-        self._verifier = SignatureVerifier(signing_secret) if signing_secret else None
+        self.app.error(self._on_error)
+        self._signing_secret = signing_secret.encode()
         self._socket = AsyncSocketModeHandler(self.app, app_token) if app_token else None
 
     @property
@@ -112,18 +118,34 @@ class SlackListener:
             return _refusal(401, "invalid request: not signed by Slack, or signed too long ago")
         try:
             bolt_request = to_async_bolt_request(request, body)
-        except (ValueError, RecursionError):  # not UTF-8, or its `payload` is not JSON
-            return _refusal(400, "body is not a Slack interactivity payload")
-        return to_starlette_response(await self.app.async_dispatch(bolt_request))
+            # Bolt reads the payload's shape as it builds the request, matches listeners and
+            # calls its error handler (`_on_error`), and fails on shapes Slack does not send.
+            return to_starlette_response(await self.app.async_dispatch(bolt_request))
+        except (*_PAYLOAD_SHAPE_ERRORS, RecursionError):  # not UTF-8, not JSON, not Slack's shape
+            log.warning("a Slack payload Remedy cannot read: answered 400", exc_info=True)
+            return _refusal(400, UNREADABLE_PAYLOAD)
 
     def _signed_by_slack(self, request: Request, body: bytes) -> bool:
+        """Slack's v0 scheme over the raw bytes: HMAC-SHA256 of `v0:<timestamp>:<body>`."""
         timestamp = request.headers.get("x-slack-request-timestamp", "")
         signature = request.headers.get("x-slack-signature", "")
-        if self._verifier is None or not signature.isascii() or not _TIMESTAMP.fullmatch(timestamp):
+        if not self._signing_secret or not _TIMESTAMP.fullmatch(timestamp):
             return False
         if abs(time.time() - int(timestamp)) > MAX_SIGNATURE_AGE_S:
             return False
-        return self._verifier.is_valid(body, timestamp, signature)
+        signed = b"v0:" + timestamp.encode() + b":" + body
+        expected = "v0=" + hmac.new(self._signing_secret, signed, hashlib.sha256).hexdigest()
+        # Headers arrive as Latin-1 text: back to the bytes that were sent.
+        return hmac.compare_digest(expected.encode(), signature.encode("latin-1"))
+
+    async def _on_error(self, error: Exception) -> BoltResponse | None:
+        """Bolt's error handler: a payload of a shape Slack does not send (a list, a missing
+        `type`) is the sender's fault, a 400, not a 500."""
+        if isinstance(error, _PAYLOAD_SHAPE_ERRORS):
+            log.warning("a Slack payload Remedy cannot read: answered 400", exc_info=error)
+            return BoltResponse(status=400, body={"error": UNREADABLE_PAYLOAD})
+        log.error("a Slack listener failed", exc_info=error)
+        return None
 
     async def start(self) -> None:
         if self._socket is not None:
@@ -140,37 +162,44 @@ class SlackListener:
         self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient
     ) -> None:
         await ack()
-        incident_id, request_id = parse_button_value(body["actions"][0]["value"])
+        click = _read_click(body)
+        if click is None:
+            return
         await self._decide(
             client,
-            incident_id,
-            DecideRequest(decision="approve", approver=body["user"]["id"], request_id=request_id),
-            channel=body["container"]["channel_id"],
-            message_ts=body["container"]["message_ts"],
+            click.incident_id,
+            DecideRequest(decision="approve", approver=click.user, request_id=click.request_id),
+            channel=click.channel,
+            message_ts=click.message_ts,
             blocks=body.get("message", {}).get("blocks"),
         )
 
     async def _on_reject(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
         await ack()
-        incident_id, request_id = parse_button_value(body["actions"][0]["value"])
-        channel = body["container"]["channel_id"]
-        message_ts = body["container"]["message_ts"]
+        click = _read_click(body)
+        if click is None:
+            return
         await client.views_open(
-            trigger_id=body["trigger_id"],
-            view=reason_modal(incident_id, request_id, channel, message_ts),
+            trigger_id=click.trigger_id,
+            view=reason_modal(click.incident_id, click.request_id, click.channel, click.message_ts),
         )
 
     async def _on_reason(
         self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], client: AsyncWebClient
     ) -> None:
         await ack()
-        rejection = parse_reason_modal(view)
+        try:
+            rejection = parse_reason_modal(view)
+            approver = str(body["user"]["id"])
+        except (LookupError, TypeError, ValueError):
+            log.warning("ignored a Slack view submission that is not Remedy's reason modal")
+            return
         await self._decide(
             client,
             rejection.incident_id,
             DecideRequest(
                 decision="reject",
-                approver=body["user"]["id"],
+                approver=approver,
                 request_id=rejection.request_id,
                 reason=rejection.reason,
             ),
@@ -240,6 +269,35 @@ class SlackListener:
                 f"Remedy could not reach Temporal ({exc.message}); nothing was changed, try again"
             )
         log.info("%s %sd by %s", incident_id, request.decision, request.approver)
+        return None
+
+
+@dataclass(frozen=True)
+class _Click:
+    incident_id: str
+    request_id: str
+    user: str
+    channel: str
+    message_ts: str
+    trigger_id: str
+
+
+def _read_click(body: dict[str, Any]) -> _Click | None:
+    """The click on a Remedy decision button that `body` carries, or None (logged, without the
+    payload: what a click carries stays out of the log)."""
+    try:
+        incident_id, request_id = parse_button_value(body["actions"][0]["value"])
+        container = body["container"]
+        return _Click(
+            incident_id,
+            request_id,
+            user=str(body["user"]["id"]),
+            channel=str(container["channel_id"]),
+            message_ts=str(container["message_ts"]),
+            trigger_id=str(body.get("trigger_id", "")),
+        )
+    except (LookupError, TypeError, ValueError):
+        log.warning("ignored a Slack click that is not on a Remedy decision button")
         return None
 
 

@@ -1,6 +1,7 @@
 """End-to-end tests drive the product as it runs: the intake app and a worker with the
 worker's own activity set (worker.build_activities), a few replaced by doubles under their real
-names. tests/test_slack_workflow_e2e.py uses it; tests/test_spine_e2e.py can too.
+names. tests/test_slack_workflow_e2e.py uses it; tests/test_spine_e2e.py can too. Tests that
+must prove nothing started give the intake a RecordingReporter instead of Temporal's.
 """
 
 from __future__ import annotations
@@ -14,11 +15,29 @@ from temporalio.client import Client
 
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
+from remedy.models import IncidentStart, IntakeResponse
 from starter.app import create_app
 from starter.reporter import TemporalReporter
 from worker import build_activities, build_worker
 
 UI_BASE = "http://127.0.0.1:8233/namespaces/default"
+
+
+class RecordingReporter:
+    """The intake's reporter, keeping what would have started an incident."""
+
+    def __init__(self) -> None:
+        self.starts: list[IncidentStart] = []
+
+    async def report(self, start: IncidentStart) -> IntakeResponse:
+        self.starts.append(start)
+        return IntakeResponse(
+            incident_id=f"{start.service}-{start.fingerprint}-00000000",
+            workflow_id=f"incident-{start.service}-{start.fingerprint}",
+            deduplicated=len(self.starts) > 1,
+            occurrences=len(self.starts),
+            ui_url="http://ui",
+        )
 
 
 @contextlib.asynccontextmanager

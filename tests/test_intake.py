@@ -15,26 +15,11 @@ import pytest
 from fastapi import FastAPI
 
 from remedy.config import RemedyConfig, ServiceConfig
-from remedy.models import IncidentStart, IntakeResponse
 from starter.app import create_app
+from tests.intake_harness import RecordingReporter
 
 SHOP_TOKEN = "shop-token-0123456789"
 BILLING_TOKEN = "billing-token-9876543210"
-
-
-class RecordingReporter:
-    def __init__(self) -> None:
-        self.starts: list[IncidentStart] = []
-
-    async def report(self, start: IncidentStart) -> IntakeResponse:
-        self.starts.append(start)
-        return IntakeResponse(
-            incident_id=f"{start.service}-{start.fingerprint}-00000000",
-            workflow_id=f"incident-{start.service}-{start.fingerprint}",
-            deduplicated=len(self.starts) > 1,
-            occurrences=len(self.starts),
-            ui_url="http://ui",
-        )
 
 
 def real_traceback(tmp_path: Path) -> str:
