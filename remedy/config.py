@@ -105,6 +105,31 @@ class LimitsConfig(_Section):
     )
 
 
+class SandboxConfig(_Section):
+    """The bubblewrap sandbox of verification runs (docs/sandbox.md)."""
+
+    allow_unsandboxed: bool = Field(
+        default=False,
+        description="Where bubblewrap cannot run, run the tests anyway with only a network "
+        "namespace, a scrubbed environment and rlimits (the summary says so); false: skipped",
+    )
+    max_processes: int = Field(
+        default=256, ge=16, description="Processes and threads per test run (RLIMIT_NPROC)"
+    )
+    tmpfs_mb: int = Field(
+        default=256, ge=16, description="Size of each in-memory folder of a run (/tmp, HOME)"
+    )
+    run_as_uid: int = Field(
+        default=65534, ge=1, description="A worker running as root starts the sandbox as this user"
+    )
+    run_as_gid: int = Field(default=65534, ge=1)
+    read_only_paths: list[str] = Field(
+        default_factory=list,
+        description="More host folders the tests may read (toolchains); the worker's Python and "
+        "the installation of the test command's program are shown without being listed",
+    )
+
+
 class PolicyConfig(_Section):
     default_severity: Severity = Severity.HIGH
     notify_only_below: Severity = Field(
@@ -351,6 +376,7 @@ class RemedyConfig(BaseSettings):
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import socket
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from activities.sandbox import (
-    SandboxActivities,
-    SandboxLimits,
-    SandboxOutcome,
-    network_isolation_prefix,
-    parse_test_output,
-    run_sandboxed,
-)
+from activities.sandbox import SandboxActivities
 from remedy.artifacts import ArtifactStore
-from remedy.config import LimitsConfig, RemedyConfig, ServiceConfig
+from remedy.config import LimitsConfig, RemedyConfig, SandboxConfig, ServiceConfig
 from remedy.models import (
     PatchResult,
     RegressionTest,
@@ -29,15 +26,44 @@ from remedy.models import (
     VerifyRequest,
     Worktree,
 )
+from remedy.sandbox.bwrap import HOME, exposed, python_prefixes, read_only_paths
+from remedy.sandbox.limits import SandboxLimits
+from remedy.sandbox.results import parse_test_output
+from remedy.sandbox.runner import (
+    Bubblewrap,
+    Confinement,
+    SandboxOutcome,
+    Unsandboxed,
+    find_bubblewrap,
+    network_isolation_prefix,
+    probe,
+    run_confined,
+)
 from tests.repos import git, make_service_repo
 
 PYTHON = sys.executable
-ISOLATION = network_isolation_prefix()
-needs_isolation = pytest.mark.skipif(
-    ISOLATION is None, reason="this machine cannot make network namespaces (unshare)"
-)
 LIMITS = SandboxLimits(
     wall_s=20, cpu_s=20, memory_bytes=1024 * 1024 * 1024, file_bytes=64 * 1024 * 1024
+)
+
+
+def _sandbox_here() -> tuple[Bubblewrap | None, str]:
+    found = find_bubblewrap(read_only_paths(python_prefixes(PYTHON)), (65534, 65534))
+    if isinstance(found, str):
+        return None, found
+    reason = asyncio.run(probe(found, LIMITS))
+    return (found, "") if reason is None else (None, reason)
+
+
+SANDBOX, NO_SANDBOX = _sandbox_here()
+needs_sandbox = pytest.mark.skipif(SANDBOX is None, reason=f"no sandbox here: {NO_SANDBOX}")
+UNSANDBOXED = Unsandboxed(network=None)
+BOTH = pytest.mark.parametrize(
+    "confinement",
+    [
+        pytest.param(SANDBOX, marks=needs_sandbox, id="sandbox"),
+        pytest.param(UNSANDBOXED, id="unsandboxed"),
+    ],
 )
 
 
@@ -45,20 +71,41 @@ async def sandboxed(
     tmp_path: Path,
     command: str,
     limits: SandboxLimits = LIMITS,
-    isolation: list[str] | None = ISOLATION,
+    confinement: Confinement | None = None,
 ) -> tuple[SandboxOutcome, str]:
-    home = tmp_path / "home"
+    """Run `command` in tmp_path/src (the sandbox here unless told otherwise)."""
+    confinement = confinement or SANDBOX
+    assert confinement is not None, NO_SANDBOX
+    copy, home = tmp_path / "src", tmp_path / "home"
+    copy.mkdir(exist_ok=True)
     home.mkdir(exist_ok=True)
     log = tmp_path / "run.log"
-    outcome = await run_sandboxed(
-        command,
-        cwd=tmp_path,
-        home=home,
-        log=log,
-        limits=limits,
-        isolation=isolation,
+    outcome = await run_confined(
+        command, copy=copy, home=home, log=log, limits=limits, confinement=confinement
     )
     return outcome, log.read_text(errors="replace")
+
+
+def processes_marked(marker: str) -> list[int]:
+    """Host pids whose command line holds `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+async def wait_until_gone(marker: str, within_s: float = 10.0) -> list[int]:
+    """Poll until no host process carries `marker` (a busy machine reaps slowly)."""
+    deadline = time.monotonic() + within_s
+    # Nothing signals a process's end to a stranger: polling /proc is the only way.
+    while (left := processes_marked(marker)) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    return left
 
 
 @pytest.fixture
@@ -98,7 +145,7 @@ def connect_script(port: int) -> str:
 # ---------------------------------------------------------------------------- the sandbox
 
 
-@needs_isolation
+@needs_sandbox
 async def test_the_test_command_has_no_network(tmp_path: Path, listener: int) -> None:
     outcome, output = await sandboxed(tmp_path, connect_script(listener))
     assert outcome.exit_code == 0, output
@@ -107,11 +154,11 @@ async def test_the_test_command_has_no_network(tmp_path: Path, listener: int) ->
 
 
 async def test_without_isolation_the_same_command_connects(tmp_path: Path, listener: int) -> None:
-    _, output = await sandboxed(tmp_path, connect_script(listener), isolation=None)
+    _, output = await sandboxed(tmp_path, connect_script(listener), confinement=UNSANDBOXED)
     assert "CONNECTED" in output
 
 
-@needs_isolation
+@needs_sandbox
 async def test_tests_can_still_serve_on_their_own_loopback(tmp_path: Path) -> None:
     script = (
         f"{PYTHON} -c \"import socket; s = socket.create_server(('127.0.0.1', 0)); "
@@ -121,66 +168,120 @@ async def test_tests_can_still_serve_on_their_own_loopback(tmp_path: Path) -> No
     assert outcome.exit_code == 0 and "LOOPBACK OK" in output, output
 
 
+@BOTH
 async def test_no_secret_reaches_the_test_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, confinement: Confinement
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-very-secret")
     monkeypatch.setenv("REMEDY_CHECKOUT_TOKEN", "intake-token-value")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-value")
     script = f'{PYTHON} -c "import json, os; print(json.dumps(sorted(os.environ)))"'
-    outcome, output = await sandboxed(tmp_path, script)
+    outcome, output = await sandboxed(tmp_path, script, confinement=confinement)
     assert outcome.exit_code == 0, output
     names = set(json.loads(output.strip().splitlines()[-1]))
     assert names <= {"PATH", "HOME", "LANG", "PWD", "SHLVL", "_", "LC_CTYPE"}, names
     assert {"PATH", "HOME", "LANG"} <= names
-    env_dump, _ = await sandboxed(tmp_path, "env > env.txt")
-    dumped = (tmp_path / "env.txt").read_text()
+    env_dump, _ = await sandboxed(tmp_path, "env > env.txt", confinement=confinement)
+    dumped = (tmp_path / "src" / "env.txt").read_text()
     assert env_dump.exit_code == 0
     for value in ("sk-ant-very-secret", "intake-token-value", "aws-secret-value"):
         assert value not in dumped
-    assert f"HOME={tmp_path / 'home'}" in dumped
+    home = HOME if isinstance(confinement, Bubblewrap) else tmp_path / "home"
+    assert f"HOME={home}" in dumped
 
 
-async def test_cpu_time_is_limited(tmp_path: Path) -> None:
+@needs_sandbox
+async def test_the_sandbox_shows_only_its_copy_the_system_and_its_own_processes(
+    tmp_path: Path,
+) -> None:
+    script = (
+        "id -u; echo ==; ls /; echo ==; ls /proc | grep -c '^[0-9]'; echo ==; "
+        "touch /src/mine && echo COPY WRITABLE; "
+        "touch /usr/mine 2>/dev/null || echo USR READ-ONLY; "
+        "touch /mine 2>/dev/null || echo ROOT READ-ONLY; "
+        f"ls {tmp_path} 2>/dev/null || echo HOST FOLDERS HIDDEN"
+    )
+    outcome, output = await sandboxed(tmp_path, script)
+    assert outcome.exit_code == 0, output
+    uid, top, processes, checks = output.split("==\n")
+    assert uid.strip() == "65534"
+    # The root holds the system, the sandbox's own folders and the path to the worker's Python.
+    python_top = {Path(path).parts[1] for path in python_prefixes(PYTHON)}
+    allowed = {"bin", "dev", "etc", "home", "lib", "lib32", "lib64", "libx32", "proc", "sbin"}
+    assert set(top.split()) <= allowed | {"src", "tmp", "usr"} | python_top, top
+    # sh, ls, grep and bwrap's init: a fresh /proc shows nothing of the host.
+    assert int(processes) <= 5, output
+    assert (tmp_path / "src" / "mine").exists()
+    for line in ("COPY WRITABLE", "USR READ-ONLY", "ROOT READ-ONLY", "HOST FOLDERS HIDDEN"):
+        assert line in checks.splitlines(), output
+
+
+@BOTH
+async def test_cpu_time_is_limited(tmp_path: Path, confinement: Confinement) -> None:
     limits = SandboxLimits(
         wall_s=30, cpu_s=1, memory_bytes=LIMITS.memory_bytes, file_bytes=LIMITS.file_bytes
     )
-    outcome, _ = await sandboxed(tmp_path, f'{PYTHON} -c "while True: pass"', limits)
+    command = f'{PYTHON} -c "while True: pass"'
+    outcome, _ = await sandboxed(tmp_path, command, limits, confinement)
     assert not outcome.timed_out
     assert outcome.signal in {"SIGXCPU", "SIGKILL"}
     assert outcome.duration_s < 10
 
 
-async def test_memory_is_limited(tmp_path: Path) -> None:
+@BOTH
+async def test_memory_is_limited(tmp_path: Path, confinement: Confinement) -> None:
     limits = SandboxLimits(
         wall_s=30, cpu_s=20, memory_bytes=256 * 1024 * 1024, file_bytes=LIMITS.file_bytes
     )
     outcome, output = await sandboxed(
-        tmp_path, f'{PYTHON} -c "b = bytearray(512 * 1024 * 1024); print(len(b))"', limits
+        tmp_path,
+        f'{PYTHON} -c "b = bytearray(512 * 1024 * 1024); print(len(b))"',
+        limits,
+        confinement,
     )
     assert outcome.exit_code != 0 and "MemoryError" in output
 
 
-async def test_file_size_is_limited(tmp_path: Path) -> None:
+@BOTH
+async def test_file_size_is_limited(tmp_path: Path, confinement: Confinement) -> None:
     limits = SandboxLimits(
         wall_s=30, cpu_s=20, memory_bytes=LIMITS.memory_bytes, file_bytes=1024 * 1024
     )
-    outcome, _ = await sandboxed(tmp_path, "head -c 4000000 /dev/zero > big.bin", limits)
+    command = "head -c 4000000 /dev/zero > big.bin"
+    outcome, _ = await sandboxed(tmp_path, command, limits, confinement)
     assert outcome.signal == "SIGXFSZ"
-    assert (tmp_path / "big.bin").stat().st_size <= 1024 * 1024
+    assert (tmp_path / "src" / "big.bin").stat().st_size <= 1024 * 1024
 
 
-async def test_wall_clock_kills_the_whole_process_group(tmp_path: Path) -> None:
+@needs_sandbox
+async def test_processes_are_limited(tmp_path: Path) -> None:
+    limits = dataclasses.replace(LIMITS, processes=16)
+    script = (
+        f'{PYTHON} -c "import os, time\n'
+        "n = 0\ntry:\n    while n < 100:\n        if os.fork() == 0:\n"
+        "            time.sleep(20); os._exit(0)\n        n += 1\n"
+        "except OSError as e: print('STOPPED', n, e.errno)\""
+    )
+    outcome, output = await sandboxed(tmp_path, script, limits)
+    assert outcome.exit_code == 0 and "STOPPED" in output, output
+    assert int(output.split()[1]) < 16
+    assert outcome.duration_s < 15  # the sleeping children died with the sandbox
+
+
+@BOTH
+async def test_wall_clock_kills_the_whole_process_group(
+    tmp_path: Path, confinement: Confinement
+) -> None:
     limits = SandboxLimits(
         wall_s=1, cpu_s=20, memory_bytes=LIMITS.memory_bytes, file_bytes=LIMITS.file_bytes
     )
-    outcome, _ = await sandboxed(tmp_path, "sleep 60 & echo $! > child.pid; sleep 60", limits)
+    marker = f"remedy-orphan-{uuid.uuid4().hex}"
+    sleeper = f"{PYTHON} -c 'import time; time.sleep(60)' {marker}"
+    # In the sandbox even a child in a session of its own dies with the sandbox's init.
+    escapee = f"setsid {sleeper} & " if isinstance(confinement, Bubblewrap) else ""
+    outcome, _ = await sandboxed(tmp_path, f"{sleeper} & {escapee}sleep 60", limits, confinement)
     assert outcome.timed_out and outcome.duration_s < 10
-    child = int((tmp_path / "child.pid").read_text())
-    status = Path(f"/proc/{child}/status")
-    # Gone, or a zombie waiting for init to reap it: either way no longer running.
-    state = status.read_text() if status.exists() else ""  # noqa: ASYNC240
-    assert state == "" or "State:\tZ" in state
+    assert await wait_until_gone(marker) == []
 
 
 def test_pytest_and_unittest_summaries_are_read() -> None:
@@ -224,7 +325,9 @@ INCIDENT = "checkout-0123456789abcdef-a1b2c3d4"
 
 
 class Shop:
-    def __init__(self, tmp_path: Path, test_command: str | None) -> None:
+    def __init__(
+        self, tmp_path: Path, test_command: str | None, sandbox: SandboxConfig | None = None
+    ) -> None:
         self.tmp = tmp_path
         self.repo = make_service_repo(tmp_path)
         self.commit = self.repo.commit(
@@ -235,6 +338,7 @@ class Shop:
         self.config = RemedyConfig(
             home=str(tmp_path / "home"),
             limits=LimitsConfig(test_timeout_s=60, test_cpu_s=60),
+            sandbox=sandbox or SandboxConfig(),
             services={"checkout": ServiceConfig(repo=str(tmp_path), test_command=test_command)},
         )
         self.worktree = Worktree(
@@ -276,6 +380,7 @@ class Shop:
 PYTEST = f"{PYTHON} -m pytest -q -p no:cacheprovider"
 
 
+@needs_sandbox
 async def test_a_fix_that_passes_and_reproduces_the_error(tmp_path: Path) -> None:
     shop = Shop(tmp_path, PYTEST)
     patch = shop.patch('item["qty"]', 'item.get("qty", 1)')
@@ -292,7 +397,7 @@ async def test_a_fix_that_passes_and_reproduces_the_error(tmp_path: Path) -> Non
     assert [r.exit_code == 0 for r in result.runs] == [True, False, True, True]
     assert "reproduced and fixed" in result.summary
     assert result.regression_test == "tests/test_regression_qty.py"
-    assert result.network_isolated is (ISOLATION is not None)
+    assert result.network_isolated is True
     before_log = shop.store.get_text(f"{INCIDENT}/verify/regression-before.log")
     assert "KeyError: 'qty'" in before_log
     assert result.artifact is not None and shop.store.get_json(result.artifact)["command"] == PYTEST
@@ -300,6 +405,7 @@ async def test_a_fix_that_passes_and_reproduces_the_error(tmp_path: Path) -> Non
     assert git(shop.repo.work, "status", "--porcelain") == ""  # the worktree is untouched
 
 
+@needs_sandbox
 async def test_a_fix_that_breaks_a_test_names_the_new_failure(tmp_path: Path) -> None:
     shop = Shop(tmp_path, PYTEST)
     patch = shop.patch('item["price"] * item["qty"]', 'item["price"] + item["qty"]')
@@ -311,6 +417,7 @@ async def test_a_fix_that_breaks_a_test_names_the_new_failure(tmp_path: Path) ->
     assert "New failures: tests/test_cart.py::test_total" in result.summary
 
 
+@needs_sandbox
 async def test_a_regression_test_that_passes_before_the_fix_reproduces_nothing(
     tmp_path: Path,
 ) -> None:
@@ -331,6 +438,7 @@ async def test_without_a_test_command_verification_is_skipped(tmp_path: Path) ->
     assert result.status == "skipped" and "no test_command" in result.summary
 
 
+@needs_sandbox
 async def test_a_patch_that_does_not_apply_is_an_error(tmp_path: Path) -> None:
     shop = Shop(tmp_path, f"{PYTHON} -c pass")
     patch = shop.patch('item["qty"]', "1")
@@ -340,3 +448,42 @@ async def test_a_patch_that_does_not_apply_is_an_error(tmp_path: Path) -> None:
     result = await shop.verify(patch)
     assert result.status == "error" and "does not apply" in result.summary
     assert [r.label for r in result.runs] == ["before"]
+
+
+def _exposing(tmp_path: Path, allow_unsandboxed: bool) -> SandboxConfig:
+    """A [sandbox] that would show the tests the folder holding Remedy's home."""
+    return SandboxConfig(read_only_paths=[str(tmp_path)], allow_unsandboxed=allow_unsandboxed)
+
+
+async def test_without_a_sandbox_verification_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    shop = Shop(tmp_path, PYTEST, _exposing(tmp_path, allow_unsandboxed=False))
+    result = await shop.verify(shop.patch('item["qty"]', 'item.get("qty", 1)'), shop.regression())
+    assert result.status == "skipped" and result.runs == []
+    assert result.summary == (
+        "skipped: no sandbox (a folder the tests would read holds Remedy's state: "
+        f"{tmp_path} contains {tmp_path / 'home'})"
+    )
+    assert result.artifact is not None
+    assert shop.store.get_json(result.artifact)["sandbox"] == "none"
+
+
+async def test_allow_unsandboxed_runs_the_tests_and_says_so(tmp_path: Path) -> None:
+    shop = Shop(tmp_path, PYTEST, _exposing(tmp_path, allow_unsandboxed=True))
+    result = await shop.verify(shop.patch('item["qty"]', 'item.get("qty", 1)'), shop.regression())
+    assert result.status == "passed" and result.reproduced is True, result.summary
+    assert result.summary.startswith("Ran WITHOUT the sandbox ([sandbox] allow_unsandboxed = true")
+    assert result.network_isolated is (network_isolation_prefix() is not None)
+    assert result.artifact is not None
+    assert shop.store.get_json(result.artifact)["sandbox"] == "unsandboxed"
+
+
+def test_the_tests_read_the_python_they_need_and_nothing_that_holds_remedys_home() -> None:
+    prefixes = python_prefixes(PYTHON)
+    assert sys.prefix in prefixes and sys.base_prefix in prefixes
+    shown = read_only_paths([*prefixes, "/usr/lib", "/", sys.prefix + "/lib", "/no/such/dir"])
+    assert "/" not in shown and "/usr/lib" not in shown and "/no/such/dir" not in shown
+    assert sys.prefix in shown and sys.prefix + "/lib" not in shown
+    assert exposed(["/srv/remedy"], ["/srv/remedy/.remedy"]) == (
+        "/srv/remedy contains /srv/remedy/.remedy"
+    )
+    assert exposed(["/srv/remedy-venv"], ["/srv/remedy"]) is None

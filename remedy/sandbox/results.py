@@ -1,0 +1,107 @@
+"""What the test runs said: counts and failing tests from pytest or unittest output, and the
+verdict on a patch from the runs before and after it."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from remedy.models import CommandRun, VerificationResult
+
+_PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|errors?)\b")
+_PYTEST_SUMMARY = re.compile(r"^=*\s*\d+ \w+.* in [\d.]+s", re.MULTILINE)
+_PYTEST_FAILURE = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
+_UNITTEST_RAN = re.compile(r"^Ran (\d+) tests? in", re.MULTILINE)
+_UNITTEST_FAILED = re.compile(r"^FAILED \(([^)]*)\)", re.MULTILINE)
+_UNITTEST_FAILURE = re.compile(r"^(?:FAIL|ERROR): (\S+) \(([^)]+)\)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class SuiteCounts:
+    passed: int | None
+    failed: int | None
+    failures: list[str]
+
+
+def parse_test_output(output: str) -> SuiteCounts:
+    """Counts and failing test ids from pytest's or unittest's summary; None when neither."""
+    summaries = _PYTEST_SUMMARY.findall(output)
+    if summaries:
+        counts: dict[str, int] = {}
+        for number, word in _PYTEST_COUNT.findall(summaries[-1]):
+            key = "failed" if word.startswith("error") else word
+            counts[key] = counts.get(key, 0) + int(number)
+        failures = list(dict.fromkeys(_PYTEST_FAILURE.findall(output)))
+        return SuiteCounts(counts.get("passed", 0), counts.get("failed", 0), failures)
+    ran = _UNITTEST_RAN.findall(output)
+    if ran:
+        total = int(ran[-1])
+        failed = 0
+        if bad := _UNITTEST_FAILED.findall(output):
+            failed = sum(int(n) for n in re.findall(r"(?:failures|errors)=(\d+)", bad[-1]))
+        failures = [f"{where}.{name}" for name, where in _UNITTEST_FAILURE.findall(output)]
+        return SuiteCounts(total - failed, failed, list(dict.fromkeys(failures)))
+    return SuiteCounts(None, None, [])
+
+
+def read_tail(path: Path, size: int) -> bytes:
+    """The last `size` bytes of a log, saying how much was left out before them."""
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        length = handle.tell()
+        handle.seek(max(length - size, 0))
+        data = handle.read()
+    if length > size:
+        return f"[first {length - size} bytes of the log omitted]\n".encode() + data
+    return data
+
+
+def describe(run: CommandRun) -> str:
+    if run.timed_out:
+        return "timed out"
+    if run.signal:
+        return f"killed by {run.signal}"
+    counts = f"{run.passed} passed, {run.failed} failed" if run.passed is not None else ""
+    state = "passed" if run.exit_code == 0 else f"failed (exit {run.exit_code})"
+    return f"{state}{f': {counts}' if counts else ''}"
+
+
+def judge(
+    command: str,
+    before: CommandRun,
+    after: CommandRun,
+    runs: list[CommandRun],
+    test_path: str | None,
+    reproduced: bool | None,
+) -> VerificationResult:
+    """The verdict: passed when the suite passes after the patch; new failures are the ones
+    that did not fail before it."""
+    passed = after.exit_code == 0 and not after.timed_out
+    new_failures = [f for f in after.failures if f not in before.failures]
+    before_ok = before.exit_code == 0 and not before.timed_out
+    if not passed and not new_failures and before_ok:
+        new_failures = [f"{command!r}: {describe(after)} after the patch, passed before"]
+    lines = [f"Tests before the patch: {describe(before)}.", f"After: {describe(after)}."]
+    if new_failures:
+        lines.append(f"New failures: {', '.join(new_failures[:10])}.")
+    elif not passed:
+        lines.append("No new failures: the suite already failed before the patch.")
+    if test_path:
+        verdict = (
+            "fails before the patch and passes after it: reproduced and fixed"
+            if reproduced
+            else f"before: {describe(runs[1])}, after: {describe(runs[-1])}: not reproduced"
+        )
+        lines.append(f"Regression test {test_path} {verdict}.")
+    tests_run = (after.passed or 0) + (after.failed or 0) if after.passed is not None else None
+    return VerificationResult(
+        status="passed" if passed else "failed",
+        summary=" ".join(lines),
+        tests_run=tests_run,
+        new_failures=new_failures,
+        reproduced=reproduced,
+        regression_test=test_path,
+        runs=runs,
+    )
