@@ -8,6 +8,7 @@ on real repositories.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -146,11 +147,12 @@ async def test_error_to_evidence_to_approval_to_pushed_branch(
     )
     assert reply.status_code == 202, reply.text
     incident_id = reply.json()["incident_id"]
+    handle = client.get_workflow_handle(reply.json()["workflow_id"])
 
     async def current() -> IncidentStatus | None:
         return await status_of(intake, incident_id)
 
-    status = await until_phase(current, Phase.AWAITING_APPROVAL)
+    status = await until_phase(current, Phase.AWAITING_APPROVAL, handle=handle)
     assert status.worktree is not None and status.worktree.commit == release
     evidence = status.evidence
     assert evidence is not None
@@ -167,7 +169,7 @@ async def test_error_to_evidence_to_approval_to_pushed_branch(
     result = await decide(client, incident_id, "approve", APPROVER, None)
     assert result.decision.approver == APPROVER
 
-    final = await until_phase(current, Phase.PR_OPENED)
+    final = await until_phase(current, Phase.PR_OPENED, handle=handle)
     assert final.proposal is not None
     branch_sha = service_repo.remote_branch(names.branch_for(incident_id))
     assert branch_sha == final.proposal.commit
@@ -175,3 +177,6 @@ async def test_error_to_evidence_to_approval_to_pushed_branch(
     assert "order.get('discount', 0)" in fixed
     body = ArtifactStore(config.artifacts_dir).get_text(final.proposal.body)  # type: ignore[arg-type]
     assert "KeyError" in body and APPROVER in body
+    # The incident closes while its worker runs: a later test reporting the same error
+    # must open its own incident, not join one whose worker is gone.
+    await asyncio.wait_for(handle.result(), 60)

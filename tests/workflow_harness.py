@@ -291,30 +291,62 @@ async def eventually(check: Callable[[], Any], timeout_s: float = 20.0) -> Any:
 async def until_phase(
     read: Callable[[], Awaitable[IncidentStatus | None]],
     *phases: Phase,
-    stall_s: float = 120.0,
+    handle: WorkflowHandle[Any, Any] | None = None,
+    stall_s: float = 60.0,
 ) -> IncidentStatus:
     """Poll an incident's status until it reaches one of `phases`.
 
     The wait scales with the work, not with luck: it fails when the incident ends anywhere
-    else, or when its phase has not moved for `stall_s` (on a busy machine a phase takes
-    longer, it does not stop moving).
+    else, or when nothing has moved for `stall_s`. Moving is a new phase, or, with `handle`,
+    a longer history or a fresh activity heartbeat as the server sees them, so a worker too
+    busy to answer status queries (a cold embedding model on a loaded machine) still counts
+    as working while its activities beat.
     """
     moved_at = time.monotonic()
-    seen: tuple[Phase, int] | None = None
+    seen: tuple[Any, ...] | None = None
+    phase: Phase | None = None
     while True:
         status = await read()
+        progress: tuple[Any, ...] = ()
         if status is not None:
             if status.phase in phases:
                 return status
             if status.phase in TERMINAL_PHASES:
                 raise AssertionError(f"incident ended {status.phase}: {status.reason}")
+            phase = status.phase
             progress = (status.phase, len(status.history))
-            if progress != seen:
-                seen, moved_at = progress, time.monotonic()
+        if handle is not None:
+            progress += await _server_progress(handle)
+        if progress and progress != seen:
+            seen, moved_at = progress, time.monotonic()
         if time.monotonic() - moved_at > stall_s:
-            where = f"phase {seen[0]}" if seen else "no status"
-            raise AssertionError(f"incident stuck in {where} for {stall_s:.0f}s, wanted {phases}")
+            where = f"phase {phase}" if phase else "no status"
+            server = await _server_view(handle) if handle is not None else ""
+            raise AssertionError(
+                f"incident stuck in {where} for {stall_s:.0f}s, wanted {phases}{server}"
+            )
         await asyncio.sleep(0.2)
+
+
+async def _server_view(handle: WorkflowHandle[Any, Any]) -> str:
+    described = (await handle.describe()).raw_description
+    info = described.workflow_execution_info
+    pending = [
+        f"{a.activity_type.name} attempt {a.attempt} state {a.state} "
+        f"last failure {a.last_failure.message!r}"
+        for a in described.pending_activities
+    ]
+    return f"; server: status {info.status}, history {info.history_length}, pending {pending}"
+
+
+async def _server_progress(handle: WorkflowHandle[Any, Any]) -> tuple[Any, ...]:
+    described = (await handle.describe()).raw_description
+    beats = [
+        activity.last_heartbeat_time.ToNanoseconds()
+        for activity in described.pending_activities
+        if activity.HasField("last_heartbeat_time")
+    ]
+    return (described.workflow_execution_info.history_length, max(beats, default=0))
 
 
 def now() -> datetime:
