@@ -167,23 +167,29 @@ def _scope_problem(
     policy: ServicePolicy,
     service: str,
     allowed: tuple[str, Sequence[str]],
+    *,
+    built_in_rules: bool = True,
 ) -> str | None:
     """Why `subject` (the edit or the test file at `path`) is out of scope, or None.
 
     `allowed` is the setting that lists where it may go and its patterns: allowed_paths for
-    an edit, test_paths for the model's regression test."""
+    an edit, test_paths for the model's regression test. Without `built_in_rules` (incidents
+    that started before them, see scope_violations) forbidden_paths match case-sensitively
+    and the execution-sensitive list does not apply."""
     unsafe = _unsafe_path(path)
     if unsafe:
         return f"{subject} {unsafe}"
     normalized = _normalized(path)
-    forbidden = _first_match(policy.forbidden_paths, normalized, ignore_case=True)
+    forbidden = _first_match(policy.forbidden_paths, normalized, ignore_case=built_in_rules)
     if forbidden:
         return f"{subject} is forbidden by forbidden_paths pattern {forbidden!r}"
     key, patterns = allowed
     if not _first_match(patterns, normalized):
         listed = ", ".join(repr(pattern) for pattern in patterns) or "none"
         return f"{subject} matches no {key} pattern (allowed: {listed})"
-    rule = _execution_sensitive_rule(normalized, policy.allow_execution_sensitive_paths)
+    rule = built_in_rules and _execution_sensitive_rule(
+        normalized, policy.allow_execution_sensitive_paths
+    )
     if rule:
         return (
             f"{subject} touches an execution-sensitive file (built-in rule {rule!r}); "
@@ -215,9 +221,17 @@ def path_in_scope(
 
 
 def scope_violations(
-    edits: Sequence[Edit], policy: ServicePolicy, service: str = "<name>"
+    edits: Sequence[Edit],
+    policy: ServicePolicy,
+    service: str = "<name>",
+    *,
+    built_in_rules: bool = True,
 ) -> list[str]:
-    """One message per edit the service's policy does not allow, naming the path and rule."""
+    """One message per edit the service's policy does not allow, naming the path and rule.
+
+    `built_in_rules=False` is the rule set incidents started with before the
+    execution-sensitive list and case-insensitive forbidden paths: the workflow uses it when
+    it replays such an incident, so its history stays valid."""
     problems = (
         _scope_problem(
             f"edit to {edit.path!r}",
@@ -225,6 +239,7 @@ def scope_violations(
             policy,
             service,
             ("allowed_paths", policy.allowed_paths),
+            built_in_rules=built_in_rules,
         )
         for edit in edits
     )
@@ -300,11 +315,15 @@ def approval_refusal(
             f"{approval.request_id!r} (look at the current proposal and decide again)"
         )
     if request.approver not in approval.approvers:
-        allowed = ", ".join(repr(name) for name in approval.approvers)
-        who = f"only {allowed} may decide" if allowed else "no approvers are configured"
+        # The refusal names nobody: whoever clicks learns they may not, not whom to imitate.
+        if not approval.approvers:
+            return (
+                f"{request.approver!r} is not an approver of this incident: no approvers are "
+                "configured (services.<name>.approvers in remedy.toml)"
+            )
         return (
-            f"{request.approver!r} is not an approver of this incident: {who} "
-            "(services.<name>.approvers in remedy.toml)"
+            f"{request.approver!r} is not an approver of this incident "
+            "(an operator adds approvers in services.<name>.approvers in remedy.toml)"
         )
     if request.decision == "reject" and not (request.reason and request.reason.strip()):
         return "a rejection needs a reason: say why the proposed fix is rejected"

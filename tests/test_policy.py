@@ -394,9 +394,11 @@ def test_refused_for_stale_request_id() -> None:
 
 def test_refused_for_non_approver() -> None:
     assert approval_refusal(Phase.AWAITING_APPROVAL, approval(), decide(approver="U0MALLORY")) == (
-        "'U0MALLORY' is not an approver of this incident: only 'U024BE7LH', 'U0ALICE' may decide "
-        "(services.<name>.approvers in remedy.toml)"
+        "'U0MALLORY' is not an approver of this incident "
+        "(an operator adds approvers in services.<name>.approvers in remedy.toml)"
     )
+    refused = approval_refusal(Phase.AWAITING_APPROVAL, approval(), decide(approver="U0MALLORY"))
+    assert refused is not None and "U0ALICE" not in refused and "U024BE7LH" not in refused
     assert approval_refusal(Phase.AWAITING_APPROVAL, approval(approvers=[]), decide()) == (
         "'U024BE7LH' is not an approver of this incident: no approvers are configured "
         "(services.<name>.approvers in remedy.toml)"

@@ -62,6 +62,9 @@ ResultT = TypeVar("ResultT")
 # worker that dies is noticed in seconds and the activity retried on a live one.
 _ALIVE = timedelta(seconds=20)
 
+# The scope check gained the execution-sensitive list and case-insensitive forbidden paths.
+_PATCH_EXECUTION_SENSITIVE_SCOPE = "execution-sensitive-scope"
+
 # Search attributes are sent when they change, not all six on every phase.
 _PATCH_CHANGED_SEARCH_ATTRIBUTES = "upsert-changed-search-attributes"
 
@@ -240,7 +243,12 @@ class IncidentWorkflow:
             return
 
         self._set_phase(Phase.PATCHING)
-        violations = policy.scope_violations(diagnosis.edits, start.policy, start.service)
+        violations = policy.scope_violations(
+            diagnosis.edits,
+            start.policy,
+            start.service,
+            built_in_rules=workflow.patched(_PATCH_EXECUTION_SENSITIVE_SCOPE),
+        )
         if violations:
             self._finish(Phase.TRIAGED, "; ".join(violations))
             return
