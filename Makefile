@@ -16,6 +16,7 @@ $(BIN)/python:
 
 # torch is pinned first: the CPU build lies on these machines; a bare `torch` would pull CUDA.
 $(STAMP): $(BIN)/python pyproject.toml clients/python/pyproject.toml
+	@command -v bwrap >/dev/null || if [ "$$(id -u)" = 0 ]; then apt-get install -y bubblewrap || (apt-get update && apt-get install -y bubblewrap) || echo "Could not install bubblewrap: verification will be skipped (docs/sandbox.md)"; else echo "Install bubblewrap (apt-get install bubblewrap) or verification is skipped: docs/sandbox.md"; fi
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]' -e ./clients/python
 	touch $(STAMP)
