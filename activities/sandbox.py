@@ -82,6 +82,13 @@ async def _git(*args: str | Path) -> tuple[int, str]:
     return result.returncode, "\n".join(filter(None, [result.text, result.stderr.strip()]))
 
 
+async def export_copy(repo: Path, copy: Path) -> str | None:
+    """Write the files of `repo`'s index (its commit, with the patch once applied) into a new
+    folder `copy`, without .git; None, or git's complaint."""
+    code, out = await _git("-C", repo, "checkout-index", "--all", "--force", f"--prefix={copy}/")
+    return None if code == 0 else out[-500:]
+
+
 def _write_inside(root: Path, relative: str, data: bytes) -> None:
     """Write root/relative through no symbolic link: a repository may hold links out of it."""
     *folders, name = relative.split("/")
@@ -272,11 +279,8 @@ class SandboxActivities:
 
         async def run(label: str, with_test: bool = False) -> CommandRun:
             copy = scratch.runs / label
-            code, out = await _git(
-                "-C", scratch.repo, "checkout-index", "--all", "--force", f"--prefix={copy}/"
-            )
-            if code != 0:
-                raise _NoCopy(f"could not copy the worktree at {short}: {out[-500:]}")
+            if problem := await export_copy(scratch.repo, copy):
+                raise _NoCopy(f"could not copy the worktree at {short}: {problem}")
             line = command
             if with_test and test_path:
                 _write_inside(copy, test_path, test_text)
