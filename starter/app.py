@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import multiprocessing
+import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -212,6 +213,7 @@ def _validation_problem(exc: ValidationError) -> HTTPProblem:
 # Large reports waiting for a parse worker, per worker; beyond it the intake answers 429 with
 # Retry-After (the client retries), so a flood of them queues neither memory nor latency.
 WAITING_PER_PARSE_WORKER = 16
+PARSE_NICENESS = 10
 
 
 class IncidentBuilder:
@@ -233,7 +235,11 @@ class IncidentBuilder:
         # threads make forking the intake itself unsafe. Processes start on first use.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["remedy.intake"])
-        return ProcessPoolExecutor(self._workers, mp_context=context)
+        # At a lower priority: where cores are few, the event loop that answers normal
+        # reports gets the CPU first, and large reports wait.
+        return ProcessPoolExecutor(
+            self._workers, mp_context=context, initializer=os.nice, initargs=(PARSE_NICENESS,)
+        )
 
     async def build(self, event: ErrorEvent, size: int) -> IncidentStart:
         """The incident start of an accepted event whose request body had `size` bytes."""
