@@ -23,7 +23,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from starlette.requests import ClientDisconnect
 from temporalio.client import Client
 from temporalio.service import RPCError
 
@@ -38,6 +37,7 @@ from remedy.intake import (
 from remedy.models import ErrorEvent, IncidentStart, IncidentStatus, IntakeResponse
 from starter.incidents import IncidentNotFound, incident_status
 from starter.reporter import Reporter, TemporalReporter
+from starter.request_body import BodyRefused, read_capped_body
 from starter.slack import mount_slack
 from starter.temporal_client import connect_in_background
 
@@ -149,28 +149,12 @@ def _foreign(what: str) -> HTTPProblem:
 
 
 async def _read_capped_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise HTTPProblem(400, "Content-Length is not a number") from None
-        if size > limit:
-            raise HTTPProblem(
-                413, f"body of {size} bytes exceeds the {limit}-byte limit", limit=limit
-            )
-    chunks: list[bytes] = []
-    received = 0
     try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise HTTPProblem(413, f"body exceeds the {limit}-byte limit", limit=limit)
-            chunks.append(chunk)
-    except ClientDisconnect:
-        # Nobody is left to answer; nothing was started.
-        raise HTTPProblem(400, "client disconnected before the body was complete") from None
-    return b"".join(chunks)
+        return await read_capped_body(request, limit)
+    except BodyRefused as refused:
+        if refused.status == 413:
+            raise HTTPProblem(413, refused.message, limit=limit) from None
+        raise HTTPProblem(refused.status, refused.message) from None
 
 
 def _parse_json_object(body: bytes, max_depth: int) -> dict[str, Any]:

@@ -35,7 +35,6 @@ from slack_bolt.adapter.starlette.async_handler import (
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from starlette.requests import ClientDisconnect
 from temporalio.client import (
     Client,
     WorkflowUpdateFailedError,
@@ -57,6 +56,7 @@ from remedy.render.slack import (
     parse_reason_modal,
     reason_modal,
 )
+from starter.request_body import BodyRefused, read_capped_body
 from workflows.incident import IncidentWorkflow
 
 log = logging.getLogger(__name__)
@@ -111,9 +111,10 @@ class SlackListener:
 
     async def handle(self, request: Request) -> Response:
         """Serve `POST /slack/events`: Bolt sees only what Slack signed."""
-        body = await _capped_body(request, MAX_SLACK_BODY_BYTES)
-        if body is None:
-            return _refusal(413, f"body exceeds the {MAX_SLACK_BODY_BYTES}-byte limit")
+        try:
+            body = await read_capped_body(request, MAX_SLACK_BODY_BYTES)
+        except BodyRefused as refused:
+            return _refusal(refused.status, refused.message)
         if not self._signed_by_slack(request, body):
             return _refusal(401, "invalid request: not signed by Slack, or signed too long ago")
         try:
@@ -303,24 +304,6 @@ def _read_click(body: dict[str, Any]) -> _Click | None:
 
 def _refusal(status: int, message: str) -> Response:
     return JSONResponse({"error": message}, status_code=status)
-
-
-async def _capped_body(request: Request, limit: int) -> bytes | None:
-    """The request body, or None once it is over `limit` bytes (declared or streamed)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdecimal() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                return None
-            chunks.append(chunk)
-    except ClientDisconnect:  # nobody is left to answer
-        return None
-    return b"".join(chunks)
 
 
 async def _message_blocks(
