@@ -279,7 +279,8 @@ def run_dev(config: RemedyConfig, config_path: Path) -> int:
     try:
         if default_demo_token(config):
             say(
-                f"{DEMO_TOKEN_ENV} is unset: the demo service's intake token is {DEMO_LOCAL_TOKEN!r}"
+                f"{DEMO_TOKEN_ENV} is unset: the demo service's intake token is "
+                f"{DEMO_LOCAL_TOKEN!r}"
             )
         stack.start()
         say(stack.banner())
