@@ -76,6 +76,15 @@ class IntakeConfig(_Section):
         default=0.5, gt=0, description="How long duplicate reports are gathered before one signal"
     )
     public_url: str | None = None
+    max_envelope_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Sentry envelopes and OTLP requests, before and after Content-Encoding is "
+        "undone; larger get 413 (a compressed bomb stops here)",
+    )
+    max_event_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="One Sentry event (Sentry's own 1 MB limit)"
+    )
 
 
 class WorkerConfig(_Section):
@@ -311,6 +320,14 @@ class ServiceConfig(_Section):
         "'branch': always the branch head",
     )
     intake_token_env: str | None = None
+    sentry_public_key_env: str | None = Field(
+        default=None,
+        description="env var holding the key of the service's Sentry DSN (`remedy dsn`); absent: "
+        "a key derived from the intake token",
+    )
+    sentry_project_id: int | None = Field(
+        default=None, ge=1, description="The DSN's project id; absent: one derived from the name"
+    )
     slack_channel: str | None = None
     approvers: list[str] = Field(default_factory=list)
     cli_approval: bool = Field(

@@ -1,4 +1,5 @@
-"""The HTTP intake: POST /v1/errors, GET /v1/incidents/{id}, health, OpenAPI at /docs.
+"""The HTTP intake: POST /v1/errors, GET /v1/incidents/{id}, health, OpenAPI at /docs; the
+Sentry and OTLP routes (starter/sentry.py, starter/otlp.py) share its checks and its pool.
 
 Every rejection happens before anything starts and before the costly part: token, size,
 nesting depth, JSON, per-field sizes, schema, service. Only then are the report's redaction
@@ -148,7 +149,7 @@ def _foreign(what: str) -> HTTPProblem:
 # ---------------------------------------------------------------------------- body handling
 
 
-async def _read_capped_body(request: Request, limit: int) -> bytes:
+async def capped_body(request: Request, limit: int) -> bytes:
     try:
         return await read_capped_body(request, limit)
     except BodyRefused as refused:
@@ -157,30 +158,30 @@ async def _read_capped_body(request: Request, limit: int) -> bytes:
         raise HTTPProblem(refused.status, refused.message) from None
 
 
-def _parse_json_object(body: bytes, max_depth: int) -> dict[str, Any]:
+def parse_json_object(body: bytes, max_depth: int, what: str = "body") -> dict[str, Any]:
     if not body:
-        raise HTTPProblem(400, "empty body: send a JSON error event (see /docs)")
+        raise HTTPProblem(400, f"empty {what}: send a JSON error event (see /docs)")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise HTTPProblem(400, f"body is not UTF-8 text (byte {exc.start} is invalid)") from None
-    too_deep = HTTPProblem(400, f"body: JSON nested deeper than {max_depth} levels")
+        raise HTTPProblem(400, f"{what} is not UTF-8 text (byte {exc.start} is invalid)") from None
+    too_deep = HTTPProblem(400, f"{what}: JSON nested deeper than {max_depth} levels")
     if nested_deeper_than(body, max_depth):
         raise too_deep
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise HTTPProblem(
-            400, f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            400, f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except RecursionError:  # the scan above should have caught it; never a 500
         raise too_deep from None
     except ValueError as exc:  # an integer of more than 4,300 digits
-        raise HTTPProblem(400, f"body is not usable JSON: {exc}") from None
+        raise HTTPProblem(400, f"{what} is not usable JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise HTTPProblem(400, f"body must be a JSON object, not {type(data).__name__}")
+        raise HTTPProblem(400, f"{what} must be a JSON object, not {type(data).__name__}")
     if has_lone_surrogate(body, data):
-        raise HTTPProblem(400, "body: a string escapes half a UTF-16 surrogate pair (\\ud800)")
+        raise HTTPProblem(400, f"{what}: a string escapes half a UTF-16 surrogate pair (\\ud800)")
     return data
 
 
@@ -255,11 +256,24 @@ class IncidentBuilder:
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
 
 
-async def _incident_start(request: Request, event: ErrorEvent, size: int) -> IncidentStart:
+async def incident_start(request: Request, event: ErrorEvent, size: int) -> IncidentStart:
     builder: IncidentBuilder | None = request.app.state.builder
     if builder is None:  # an app whose lifespan did not run (tests on an ASGI transport)
         return build_incident_start(event, request.app.state.config)
     return await builder.build(event, size)
+
+
+async def report_start(reporter: Reporter, start: IncidentStart) -> IntakeResponse:
+    """Open or join the incident; Temporal out of reach is a 503 the sender retries."""
+    try:
+        return await reporter.report(start)
+    except Exception:
+        log.exception("could not hand %s/%s to Temporal", start.service, start.fingerprint)
+        raise HTTPProblem(
+            503,
+            "could not reach Temporal; the report was not recorded, retry",
+            headers={"Retry-After": "2"},
+        ) from None
 
 
 # ---------------------------------------------------------------------------- routes
@@ -283,8 +297,8 @@ async def report_error(request: Request, config: ConfigDep) -> JSONResponse:
     service = token_service(config, presented_token(request))
     if service is None and not services_without_token(config):
         raise invalid_token(config, None)
-    body = await _read_capped_body(request, config.intake.max_body_bytes)
-    data = _parse_json_object(body, config.intake.max_json_depth)
+    body = await capped_body(request, config.intake.max_body_bytes)
+    data = parse_json_object(body, config.intake.max_json_depth)
     if service is None:
         claimed = data.get("service")
         raise invalid_token(config, claimed if isinstance(claimed, str) else None)
@@ -298,16 +312,8 @@ async def report_error(request: Request, config: ConfigDep) -> JSONResponse:
     if event.service != service:
         raise _foreign(f"report for service {event.service!r}")
     reporter = get_reporter(request)
-    start = await _incident_start(request, event, len(body))
-    try:
-        response = await reporter.report(start)
-    except Exception:
-        log.exception("could not hand %s/%s to Temporal", start.service, start.fingerprint)
-        raise HTTPProblem(
-            503,
-            "could not reach Temporal; the report was not recorded, retry",
-            headers={"Retry-After": "2"},
-        ) from None
+    start = await incident_start(request, event, len(body))
+    response = await report_start(reporter, start)
     return JSONResponse(response.model_dump(mode="json"), status_code=202)
 
 
@@ -435,6 +441,11 @@ def create_app(
     app.state.builder = None
     app.add_exception_handler(HTTPProblem, _problem_response)
     app.include_router(router)
+    from starter.otlp import router as otlp_router  # both build on this module's checks
+    from starter.sentry import router as sentry_router
+
+    app.include_router(sentry_router)
+    app.include_router(otlp_router)
     # Approve/Reject clicks arrive at POST /slack/events (or over Socket Mode).
     slack = mount_slack(app, config, lambda: app.state.client)
     return app

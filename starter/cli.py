@@ -157,6 +157,22 @@ def _read(path: Path) -> str:
         raise fail(f"{path}: {exc.strerror}", 2) from None
 
 
+@app.command()
+def dsn(
+    service: Annotated[str, typer.Argument(help="Service name (remedy.toml)")],
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Print the service's Sentry DSN: its Sentry SDK reports to Remedy with `dsn=` set to it."""
+    from remedy.config import ConfigError
+    from remedy.intake_formats.sentry_auth import dsn_for
+
+    loaded = load_or_exit(config)
+    try:
+        typer.echo(dsn_for(loaded, service))
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
 # ---------------------------------------------------------------------------- incidents
 
 
