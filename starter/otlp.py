@@ -4,18 +4,22 @@ The exporter sends the service's intake token (`Authorization: Bearer`, through
 OTEL_EXPORTER_OTLP_HEADERS); log records and span events with the exception conventions
 become reports on the path of POST /v1/errors. All of a request's incidents are built before
 any is reported, so a request refused for being busy has counted nothing and its retry
-counts each error once.
+counts each error once; records of one error (a storm in one batch) are built once.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import ValidationError
 
 from remedy.config import RemedyConfig
 from remedy.intake_formats.decoding import decode_body
 from remedy.intake_formats.otlp import Kind, parse_json, parse_protobuf, read_export, response_body
 from remedy.intake_formats.report import Rejected, refine_start
+from remedy.models import IncidentStart
 from starter.app import (
     ConfigDep,
     HTTPProblem,
@@ -30,6 +34,11 @@ from starter.app import (
 )
 
 router = APIRouter(tags=["opentelemetry"])
+
+# Distinct errors one export may hold: each costs a build (redaction, parsing) on the event
+# loop, while repeats of one error cost a counter. An exporter's batch (512 records by default)
+# of different errors fits.
+MAX_DISTINCT_ERRORS = 512
 
 _PROTOBUF = ("application/x-protobuf", "application/protobuf")
 _BODY = {
@@ -61,17 +70,29 @@ async def _export(kind: Kind, request: Request, config: RemedyConfig) -> Respons
             message = parse_protobuf(kind, body)
     except Rejected as rejected:
         raise HTTPProblem(rejected.status, rejected.message) from None
-    exported = read_export(message, service)
+    try:
+        exported = read_export(message, service)
+    except ValidationError as exc:  # the reader fits every field; a bug, said as a 422
+        raise HTTPProblem(422, f"body: {exc.errors()[0]['msg']}") from None
     if exported.rejected and exported.rejected == exported.records:
         raise HTTPProblem(
             403, f"this token may not report for service.name {sorted(exported.foreign)}"
         )
     if exported.reports:
         reporter = get_reporter(request)
-        starts = [
-            refine_start(await incident_start(request, report.event, report.size), report, config)
-            for report in exported.reports
-        ]
+        built: dict[str, IncidentStart] = {}
+        starts = []
+        for report in exported.reports:
+            error = report.event.model_dump_json(include={"error", "traceback", "frames"})
+            if error not in built:
+                if len(built) == MAX_DISTINCT_ERRORS:
+                    raise HTTPProblem(
+                        413, f"more than {MAX_DISTINCT_ERRORS} different errors in one export"
+                    )
+                start = await incident_start(request, report.event, report.size)
+                built[error] = refine_start(start, report, config)
+                await asyncio.sleep(0)  # other requests go on between builds
+            starts.append(built[error])
         for start in starts:
             await report_start(reporter, start)
     as_json = media == "application/json"

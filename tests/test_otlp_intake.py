@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from remedy.config import RemedyConfig, ServiceConfig
 from remedy.models import Severity
 from starter.app import create_app
+from starter.otlp import MAX_DISTINCT_ERRORS
 from tests.apps.cart import checkout
 from tests.apps.harness import python_app, run_app, serving
 from tests.intake_harness import RecordingReporter
@@ -128,6 +129,31 @@ async def test_the_sdk_log_exporter_reports_exceptions(
     assert event.tags["otel.source"] == "log" and event.tags["service.version"] == "1.4.0"
     assert event.traceback is not None and "KeyError: 'sku'" in event.traceback
     assert reporter.starts[0].severity == Severity.HIGH  # ERROR: the policy decides
+
+
+async def test_a_storm_in_one_export_counts_every_record(
+    config: RemedyConfig, reporter: RecordingReporter
+) -> None:
+    async with serving(create_app(config, reporter=reporter)) as url:
+        await run_app(*python_app("otel_python_app.py", url, SHOP_TOKEN, "shop", "logs", "400"))
+    assert len(reporter.starts) == 400
+    assert len({start.fingerprint for start in reporter.starts}) == 1
+
+
+async def test_too_many_different_errors_in_one_export_are_refused(
+    http: httpx.AsyncClient, reporter: RecordingReporter
+) -> None:
+    request = sdk_logs()
+    [record] = request.resource_logs[0].scope_logs[0].log_records
+    for n in range(MAX_DISTINCT_ERRORS):
+        extra = request.resource_logs[0].scope_logs[0].log_records.add()
+        extra.CopyFrom(record)
+        for pair in extra.attributes:
+            if pair.key == "exception.type":
+                pair.value.string_value = f"Error{n}"
+    reply = await http.post("/v1/logs", content=request.SerializeToString(), headers=bearer())
+    assert reply.status_code == 413 and "different errors" in reply.json()["error"]
+    assert reporter.starts == []
 
 
 async def test_the_sdk_span_exporter_reports_exception_events(
