@@ -210,8 +210,9 @@ def read_only_paths(candidates: Sequence[str]) -> list[str]:
 def exposed(paths: Sequence[str], private: Sequence[str]) -> str | None:
     """The first read-only path that would show a private folder (Remedy's home), or None."""
     for path in paths:
+        outer = os.path.realpath(path)
         for folder in private:
             inner = os.path.realpath(folder)
-            if inner == path or inner.startswith(path.rstrip("/") + "/"):
+            if inner == outer or inner.startswith(outer.rstrip("/") + "/"):
                 return f"{path} contains {folder}"
     return None
