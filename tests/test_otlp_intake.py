@@ -27,18 +27,18 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from remedy.config import RemedyConfig, ServiceConfig
+from remedy.config import RemedyConfig
 from remedy.models import Severity
 from starter.app import create_app
 from starter.otlp import MAX_DISTINCT_ERRORS
 from tests.apps.cart import checkout
-from tests.apps.harness import python_app, run_app, serving
+from tests.apps.harness import asgi_client, python_app, run_app, serving, shop_and_billing
 from tests.intake_harness import RecordingReporter
+from tests.test_intake import SHOP_TOKEN
 
 # The SDK's LoggingHandler is what services run today; its successor lives in another package.
 pytestmark = pytest.mark.filterwarnings("ignore:`LoggingHandler` in `opentelemetry-sdk`")
 
-SHOP_TOKEN = "shop-token-0123456789"
 RESOURCE = {
     "service.name": "shop",
     "service.version": "1.4.0",
@@ -49,14 +49,7 @@ RESOURCE = {
 
 @pytest.fixture
 def config(monkeypatch: pytest.MonkeyPatch) -> RemedyConfig:
-    monkeypatch.setenv("TEST_SHOP_TOKEN", SHOP_TOKEN)
-    monkeypatch.setenv("TEST_BILLING_TOKEN", "billing-token-9876543210")
-    return RemedyConfig(
-        services={
-            "shop": ServiceConfig(repo="/nonexistent/shop", intake_token_env="TEST_SHOP_TOKEN"),
-            "billing": ServiceConfig(repo="/nonexistent/b", intake_token_env="TEST_BILLING_TOKEN"),
-        }
-    )
+    return shop_and_billing(monkeypatch)
 
 
 @pytest.fixture
@@ -68,9 +61,20 @@ def reporter() -> RecordingReporter:
 async def http(
     config: RemedyConfig, reporter: RecordingReporter
 ) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(config, reporter=reporter))
-    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+    async with asgi_client(config, reporter) as client:
         yield client
+
+
+@pytest.fixture
+async def served(config: RemedyConfig, reporter: RecordingReporter) -> AsyncIterator[str]:
+    async with serving(create_app(config, reporter=reporter)) as url:
+        yield url
+
+
+async def run_otel_app(url: str, service_name: str, mode: str, count: int) -> str:
+    return await run_app(
+        *python_app("otel_python_app.py", url, SHOP_TOKEN, service_name, mode, str(count))
+    )
 
 
 def bearer(token: str = SHOP_TOKEN, media: str = "application/x-protobuf") -> dict[str, str]:
@@ -113,10 +117,9 @@ def as_otlp_json(message: Any) -> dict[str, Any]:
 
 
 async def test_the_sdk_log_exporter_reports_exceptions(
-    config: RemedyConfig, reporter: RecordingReporter
+    served: str, reporter: RecordingReporter
 ) -> None:
-    async with serving(create_app(config, reporter=reporter)) as url:
-        await run_app(*python_app("otel_python_app.py", url, SHOP_TOKEN, "shop", "logs", "3"))
+    await run_otel_app(served, "shop", "logs", 3)
     assert len(reporter.starts) == 3  # the record without an exception is left alone
     assert len({start.fingerprint for start in reporter.starts}) == 1
     event = reporter.starts[0].event
@@ -132,10 +135,9 @@ async def test_the_sdk_log_exporter_reports_exceptions(
 
 
 async def test_a_storm_in_one_export_counts_every_record(
-    config: RemedyConfig, reporter: RecordingReporter
+    served: str, reporter: RecordingReporter
 ) -> None:
-    async with serving(create_app(config, reporter=reporter)) as url:
-        await run_app(*python_app("otel_python_app.py", url, SHOP_TOKEN, "shop", "logs", "400"))
+    await run_otel_app(served, "shop", "logs", 400)
     assert len(reporter.starts) == 400
     assert len({start.fingerprint for start in reporter.starts}) == 1
 
@@ -157,10 +159,9 @@ async def test_too_many_different_errors_in_one_export_are_refused(
 
 
 async def test_the_sdk_span_exporter_reports_exception_events(
-    config: RemedyConfig, reporter: RecordingReporter
+    served: str, reporter: RecordingReporter
 ) -> None:
-    async with serving(create_app(config, reporter=reporter)) as url:
-        await run_app(*python_app("otel_python_app.py", url, SHOP_TOKEN, "shop", "traces", "4"))
+    await run_otel_app(served, "shop", "traces", 4)
     assert len(reporter.starts) == 4
     assert len({start.fingerprint for start in reporter.starts}) == 1
     event = reporter.starts[0].event
@@ -171,12 +172,9 @@ async def test_the_sdk_span_exporter_reports_exception_events(
 
 
 async def test_a_token_of_another_service_reports_nothing(
-    config: RemedyConfig, reporter: RecordingReporter
+    served: str, reporter: RecordingReporter
 ) -> None:
-    async with serving(create_app(config, reporter=reporter)) as url:
-        output = await run_app(
-            *python_app("otel_python_app.py", url, SHOP_TOKEN, "billing", "logs", "1")
-        )
+    output = await run_otel_app(served, "billing", "logs", 1)
     assert "403" in output
     assert reporter.starts == []
 

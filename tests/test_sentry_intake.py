@@ -19,16 +19,14 @@ from typing import Any
 import brotli
 import httpx
 import pytest
-import sentry_sdk
 from sentry_sdk.envelope import Envelope, Item, PayloadRef
-from sentry_sdk.transport import Transport
 from sentry_sdk.utils import Dsn
 from temporalio.client import Client
 from temporalio.worker import Worker
 from typer.testing import CliRunner
 
 from remedy import names
-from remedy.config import ConfigError, RemedyConfig, ServiceConfig
+from remedy.config import ConfigError, RemedyConfig
 from remedy.intake import build_incident_start
 from remedy.intake_formats.report import client_fingerprint
 from remedy.intake_formats.sentry_auth import dsn_for, project_id_for, token_dsn_key
@@ -39,13 +37,13 @@ from starter.app import create_app
 from starter.cli import app as cli_app
 from starter.reporter import TemporalReporter
 from tests.apps.cart import checkout
-from tests.apps.harness import APPS, python_app, run_app, serving
+from tests.apps.harness import APPS, asgi_client, python_app, run_app, serving, shop_and_billing
+from tests.apps.sentry_capture import sdk_envelope as capture_envelope
 from tests.intake_harness import RecordingReporter
+from tests.test_intake import BILLING_TOKEN, SHOP_TOKEN
 from tests.workflow_harness import FakeActivities, eventually
 from workflows.incident import IncidentWorkflow
 
-SHOP_TOKEN = "shop-token-0123456789"
-BILLING_TOKEN = "billing-token-9876543210"
 BILLING_KEY = "b1ll1ng_public_key_42"
 SENTRY_NODE = "11.12.0"
 NODE_DIR = Path(__file__).resolve().parents[1] / ".remedy" / "npm" / f"sentry-node-{SENTRY_NODE}"
@@ -53,19 +51,9 @@ NODE_DIR = Path(__file__).resolve().parents[1] / ".remedy" / "npm" / f"sentry-no
 
 @pytest.fixture
 def config(monkeypatch: pytest.MonkeyPatch) -> RemedyConfig:
-    monkeypatch.setenv("TEST_SHOP_TOKEN", SHOP_TOKEN)
-    monkeypatch.setenv("TEST_BILLING_TOKEN", BILLING_TOKEN)
     monkeypatch.setenv("TEST_BILLING_SENTRY_KEY", BILLING_KEY)
-    return RemedyConfig(
-        services={
-            "shop": ServiceConfig(repo="/nonexistent/shop", intake_token_env="TEST_SHOP_TOKEN"),
-            "billing": ServiceConfig(
-                repo="/nonexistent/billing",
-                intake_token_env="TEST_BILLING_TOKEN",
-                sentry_public_key_env="TEST_BILLING_SENTRY_KEY",
-                sentry_project_id=42,
-            ),
-        }
+    return shop_and_billing(
+        monkeypatch, sentry_public_key_env="TEST_BILLING_SENTRY_KEY", sentry_project_id=42
     )
 
 
@@ -78,8 +66,7 @@ def reporter() -> RecordingReporter:
 async def http(
     config: RemedyConfig, reporter: RecordingReporter
 ) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(config, reporter=reporter))
-    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+    async with asgi_client(config, reporter) as client:
         yield client
 
 
@@ -103,30 +90,13 @@ def sentry_auth(key: str = SHOP_TOKEN) -> dict[str, str]:
     return {"X-Sentry-Auth": f"Sentry sentry_key={key}, sentry_version=7, sentry_client=t/1"}
 
 
-def sdk_envelope(**options: Any) -> bytes:
-    """An envelope as sentry-sdk writes it for a real chained exception."""
-    captured: list[bytes] = []
-
-    class Capture(Transport):
-        def capture_envelope(self, envelope: Envelope) -> None:
-            captured.append(envelope.serialize())
-
-    client = sentry_sdk.Client(
-        dsn="http://key@127.0.0.1:9/1",
-        transport=Capture(),
-        default_integrations=False,
-        release="shop@4f2a9c1e",
-        **options,
-    )
-    with sentry_sdk.new_scope() as scope:
-        scope.set_client(client)
-        try:
-            checkout({"price": 3})
-        except RuntimeError as exc:
-            sentry_sdk.capture_exception(exc)
-    client.flush()
-    [envelope] = captured
-    return envelope
+def sdk_envelope() -> bytes:
+    """The envelope sentry-sdk writes for a real chained exception."""
+    try:
+        checkout({"price": 3})
+    except RuntimeError as exc:
+        return capture_envelope(exc).serialize()
+    raise AssertionError("the bug went away")
 
 
 # ---------------------------------------------------------------------------- real SDKs

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -34,9 +34,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from remedy.intake_formats.report import (
+    ENVIRONMENT_CHARS,
+    FILE_CHARS,
+    FUNCTION_CHARS,
+    MESSAGE_CHARS,
+    TRACEBACK_CHARS,
+    TYPE_CHARS,
     ForeignReport,
     Rejected,
-    field_limit,
     release_of,
     tags_within,
     text,
@@ -45,13 +50,6 @@ from remedy.models import ErrorEvent, ErrorInfo, Frame, Severity
 from remedy.stacktrace import parse_exception_line
 
 Kind = Literal["logs", "traces"]
-
-_TYPE = field_limit(ErrorInfo, "type")
-_MESSAGE = field_limit(ErrorInfo, "message")
-_TRACEBACK = field_limit(ErrorEvent, "traceback")
-_ENVIRONMENT = field_limit(ErrorEvent, "environment")
-_FILE = field_limit(Frame, "file")
-_FUNCTION = field_limit(Frame, "function")
 
 _EXCEPTION_KEYS = ("exception.type", "exception.message", "exception.stacktrace")
 _RELEASE_KEYS = (
@@ -199,17 +197,17 @@ class _Resource:
 
 
 def _code_frame(attributes: dict[str, Any]) -> list[Frame]:
-    path = text(_first(attributes, ("code.file.path", "code.filepath")), _FILE)
+    path = text(_first(attributes, ("code.file.path", "code.filepath")), FILE_CHARS)
     if path is None:
         return []
     line = _first(attributes, ("code.line.number", "code.lineno"))
-    function = text(_first(attributes, ("code.function.name", "code.function")), _FUNCTION)
+    function = text(_first(attributes, ("code.function.name", "code.function")), FUNCTION_CHARS)
     return [
         Frame(
             file=path,
             line=line if isinstance(line, int) and line >= 0 else None,
             function=function,
-            module=text(attributes.get("code.namespace"), _FUNCTION),
+            module=text(attributes.get("code.namespace"), FUNCTION_CHARS),
         )
     ]
 
@@ -225,20 +223,22 @@ def _report(
 ) -> ForeignReport | None:
     if not any(text(attributes.get(key), 1) for key in _EXCEPTION_KEYS):
         return None
-    stacktrace = text(attributes.get("exception.stacktrace"), _TRACEBACK)
+    stacktrace = text(attributes.get("exception.stacktrace"), TRACEBACK_CHARS)
     parsed = parse_exception_line(stacktrace) if stacktrace else None
-    error_type = text(attributes.get("exception.type"), _TYPE) or (parsed[0] if parsed else None)
-    message = text(attributes.get("exception.message"), _MESSAGE)
+    error_type = text(attributes.get("exception.type"), TYPE_CHARS) or (
+        parsed[0] if parsed else None
+    )
+    message = text(attributes.get("exception.message"), MESSAGE_CHARS)
     message = message or (parsed[1] if parsed else None) or body or ""
-    error_type = (error_type or "Error")[:_TYPE]
+    error_type = (error_type or "Error")[:TYPE_CHARS]
     frames = [] if stacktrace else _code_frame(attributes)
     own = [(k, v) for k, v in attributes.items() if k not in _READ_KEYS]
     around = [(k, v) for k, v in resource.attributes.items() if k not in _READ_KEYS]
     event = ErrorEvent(
         service=resource.service,
-        environment=text(resource.environment, _ENVIRONMENT),
+        environment=text(resource.environment, ENVIRONMENT_CHARS),
         release=resource.release,
-        error=ErrorInfo(type=error_type, message=message[:_MESSAGE]),
+        error=ErrorInfo(type=error_type, message=message[:MESSAGE_CHARS]),
         traceback=stacktrace or f"{error_type}: {message}",
         frames=frames,
         timestamp=_time(nanos),
@@ -266,67 +266,69 @@ def _hex(value: bytes) -> str | None:
     return value.hex() if value else None
 
 
-def _log_reports(request: ExportLogsServiceRequest, service: str, out: Exported) -> None:
-    for resource_logs in request.resource_logs:
-        resource = _resource(_attributes(resource_logs.resource.attributes), service)
-        count = sum(len(scope.log_records) for scope in resource_logs.scope_logs)
+def _accepted_items(
+    blocks: Iterable[Any], scopes_of: str, items_of: str, service: str, out: Exported
+) -> Iterator[tuple[_Resource, Any, Any]]:
+    """(resource, scope block, record) of the resources of `service`; the records of other
+    services' resources are counted as rejected."""
+    for block in blocks:
+        resource = _resource(_attributes(block.resource.attributes), service)
+        scopes = getattr(block, scopes_of)
+        count = sum(len(getattr(scope, items_of)) for scope in scopes)
         out.records += count
         if isinstance(resource, str):
             out.rejected += count
             out.foreign.add(resource)
             continue
-        for scope_logs in resource_logs.scope_logs:
-            for record in scope_logs.log_records:
-                attributes = _attributes(record.attributes)
-                body = _scalar(record.body)
-                report = _report(
-                    attributes,
-                    resource,
-                    body=str(body) if body is not None else None,
-                    nanos=record.time_unix_nano or record.observed_time_unix_nano,
-                    severity=_severity(record.severity_number),
-                    tags=[
-                        ("otel.source", "log"),
-                        ("otel.scope", scope_logs.scope.name),
-                        ("log.severity", record.severity_text),
-                        ("otel.trace_id", _hex(record.trace_id)),
-                        ("otel.span_id", _hex(record.span_id)),
-                    ],
-                )
-                if report is not None:
-                    out.reports.append(report)
+        for scope in scopes:
+            for item in getattr(scope, items_of):
+                yield resource, scope, item
+
+
+def _log_reports(request: ExportLogsServiceRequest, service: str, out: Exported) -> None:
+    items = _accepted_items(request.resource_logs, "scope_logs", "log_records", service, out)
+    for resource, scope_logs, record in items:
+        body = _scalar(record.body)
+        report = _report(
+            _attributes(record.attributes),
+            resource,
+            body=str(body) if body is not None else None,
+            nanos=record.time_unix_nano or record.observed_time_unix_nano,
+            severity=_severity(record.severity_number),
+            tags=[
+                ("otel.source", "log"),
+                ("otel.scope", scope_logs.scope.name),
+                ("log.severity", record.severity_text),
+                ("otel.trace_id", _hex(record.trace_id)),
+                ("otel.span_id", _hex(record.span_id)),
+            ],
+        )
+        if report is not None:
+            out.reports.append(report)
 
 
 def _span_reports(request: ExportTraceServiceRequest, service: str, out: Exported) -> None:
-    for resource_spans in request.resource_spans:
-        resource = _resource(_attributes(resource_spans.resource.attributes), service)
-        count = sum(len(scope.spans) for scope in resource_spans.scope_spans)
-        out.records += count
-        if isinstance(resource, str):
-            out.rejected += count
-            out.foreign.add(resource)
-            continue
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                span_attributes = list(_attributes(span.attributes).items())
-                for span_event in span.events:
-                    report = _report(
-                        _attributes(span_event.attributes),
-                        resource,
-                        body=None,
-                        nanos=span_event.time_unix_nano,
-                        severity=None,
-                        tags=[
-                            ("otel.source", "span_event"),
-                            ("otel.scope", scope_spans.scope.name),
-                            ("otel.span", span.name),
-                            ("otel.trace_id", _hex(span.trace_id)),
-                            ("otel.span_id", _hex(span.span_id)),
-                            *span_attributes,
-                        ],
-                    )
-                    if report is not None:
-                        out.reports.append(report)
+    items = _accepted_items(request.resource_spans, "scope_spans", "spans", service, out)
+    for resource, scope_spans, span in items:
+        span_attributes = list(_attributes(span.attributes).items())
+        for span_event in span.events:
+            report = _report(
+                _attributes(span_event.attributes),
+                resource,
+                body=None,
+                nanos=span_event.time_unix_nano,
+                severity=None,
+                tags=[
+                    ("otel.source", "span_event"),
+                    ("otel.scope", scope_spans.scope.name),
+                    ("otel.span", span.name),
+                    ("otel.trace_id", _hex(span.trace_id)),
+                    ("otel.span_id", _hex(span.span_id)),
+                    *span_attributes,
+                ],
+            )
+            if report is not None:
+                out.reports.append(report)
 
 
 def read_export(request: Message, service: str) -> Exported:

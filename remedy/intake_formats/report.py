@@ -13,7 +13,7 @@ from typing import Any
 from remedy.config import RemedyConfig
 from remedy.intake import MAX_TAG_CHARS
 from remedy.intake import _max_length as field_limit  # the schema's limits, read one way
-from remedy.models import ErrorEvent, IncidentStart, Severity
+from remedy.models import ErrorEvent, ErrorInfo, Frame, IncidentStart, Severity
 from remedy.policy import is_notify_only
 
 
@@ -112,6 +112,12 @@ def tag_text(value: Any) -> str | None:
 
 
 _TAGS = field_limit(ErrorEvent, "tags")
+TYPE_CHARS = field_limit(ErrorInfo, "type")
+MESSAGE_CHARS = field_limit(ErrorInfo, "message")
+TRACEBACK_CHARS = field_limit(ErrorEvent, "traceback")
+ENVIRONMENT_CHARS = field_limit(ErrorEvent, "environment")
+FILE_CHARS = field_limit(Frame, "file")
+FUNCTION_CHARS = field_limit(Frame, "function")
 
 
 def tags_within(pairs: Iterable[tuple[Any, Any]]) -> dict[str, str]:

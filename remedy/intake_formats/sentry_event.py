@@ -17,6 +17,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from remedy.intake_formats.report import (
+    ENVIRONMENT_CHARS,
+    FILE_CHARS,
+    FUNCTION_CHARS,
+    MESSAGE_CHARS,
+    TRACEBACK_CHARS,
+    TYPE_CHARS,
     ForeignReport,
     field_limit,
     release_of,
@@ -26,15 +32,9 @@ from remedy.intake_formats.report import (
 )
 from remedy.models import ErrorEvent, ErrorInfo, Frame, Severity
 
-_FILE = field_limit(Frame, "file")
-_FUNCTION = field_limit(Frame, "function")
 _MODULE = field_limit(Frame, "module")
 _CODE = field_limit(Frame, "code")
-_TYPE = field_limit(ErrorInfo, "type")
-_MESSAGE = field_limit(ErrorInfo, "message")
 _FRAMES = field_limit(ErrorEvent, "frames")
-_ENVIRONMENT = field_limit(ErrorEvent, "environment")
-_TRACEBACK = field_limit(ErrorEvent, "traceback")
 
 # Frames per exception in the traceback text, and breadcrumbs before it.
 _TEXT_FRAMES = 60
@@ -74,13 +74,13 @@ def _values(value: Any) -> list[dict[str, Any]]:
 
 
 def _frame_file(raw: dict[str, Any], java: bool) -> str:
-    path = text(raw.get("abs_path"), _FILE) or text(raw.get("filename"), _FILE)
+    path = text(raw.get("abs_path"), FILE_CHARS) or text(raw.get("filename"), FILE_CHARS)
     module = text(raw.get("module"), _MODULE)
     if java and module and "." in module:
-        name = text(raw.get("filename"), _FILE)
+        name = text(raw.get("filename"), FILE_CHARS)
         package = module.rpartition(".")[0].replace(".", "/")
         if name and "/" not in name:
-            return f"{package}/{name}"[:_FILE]
+            return f"{package}/{name}"[:FILE_CHARS]
     for scheme in _PATH_SCHEMES:
         if path and path.startswith(scheme):
             path = path[len(scheme) :].lstrip("/") if scheme != "file://" else path[7:]
@@ -95,7 +95,7 @@ def _frame(raw: dict[str, Any], platform: str) -> Frame:
     return Frame(
         file=_frame_file(raw, java) or "<unknown>",
         line=line if isinstance(line, int) and not isinstance(line, bool) and line >= 0 else None,
-        function=text(raw.get("function"), _FUNCTION),
+        function=text(raw.get("function"), FUNCTION_CHARS),
         module=text(raw.get("module"), _MODULE),
         code=code.strip() if code else None,
         in_app=in_app if isinstance(in_app, bool) else None,
@@ -126,17 +126,19 @@ def _message(event: dict[str, Any]) -> str | None:
         if isinstance(value, str) and value.strip():
             return value
         entry = _dict(value)
-        found = text(entry.get("formatted"), _MESSAGE) or text(entry.get("message"), _MESSAGE)
+        found = text(entry.get("formatted"), MESSAGE_CHARS) or text(
+            entry.get("message"), MESSAGE_CHARS
+        )
         if found:
             return found
     return None
 
 
 def _type_name(value: dict[str, Any]) -> str | None:
-    name = text(value.get("type"), _TYPE)
-    module = text(value.get("module"), _TYPE)
+    name = text(value.get("type"), TYPE_CHARS)
+    module = text(value.get("module"), TYPE_CHARS)
     if name and module and module not in _UNQUALIFIED_MODULES and "." not in name:
-        return f"{module}.{name}"[:_TYPE]
+        return f"{module}.{name}"[:TYPE_CHARS]
     return name
 
 
@@ -145,7 +147,7 @@ def _render(values: list[dict[str, Any]], frames: list[list[Frame]], python: boo
     `at` lines innermost first and `Caused by:` (everything else)."""
     blocks = []
     for value, stack in zip(values, frames, strict=True):
-        head = f"{_type_name(value) or 'Error'}: {text(value.get('value'), _MESSAGE) or ''}"
+        head = f"{_type_name(value) or 'Error'}: {text(value.get('value'), MESSAGE_CHARS) or ''}"
         shown = stack[-_TEXT_FRAMES:]
         if python:
             lines = [
@@ -241,7 +243,7 @@ def read_event(event: dict[str, Any], service: str, size: int) -> ForeignReport 
     if primary is not None:
         synthetic = _dict(primary.get("mechanism")).get("synthetic") is True
         error_type = _type_name(primary) or ("Message" if synthetic or message else "Error")
-        error_message = text(primary.get("value"), _MESSAGE) or message or ""
+        error_message = text(primary.get("value"), MESSAGE_CHARS) or message or ""
         stack_text = _render(values, stacks, python=platform == "python")
     else:
         error_type, error_message = "Message", message or ""
@@ -250,10 +252,10 @@ def read_event(event: dict[str, Any], service: str, size: int) -> ForeignReport 
     level = event.get("level")
     report = ErrorEvent(
         service=service,
-        environment=text(event.get("environment"), _ENVIRONMENT),
+        environment=text(event.get("environment"), ENVIRONMENT_CHARS),
         release=release_of(event.get("release")),
-        error=ErrorInfo(type=error_type[:_TYPE], message=error_message[:_MESSAGE]),
-        traceback=(_breadcrumbs(event) + stack_text)[-_TRACEBACK:],
+        error=ErrorInfo(type=error_type[:TYPE_CHARS], message=error_message[:MESSAGE_CHARS]),
+        traceback=(_breadcrumbs(event) + stack_text)[-TRACEBACK_CHARS:],
         frames=frames,
         timestamp=timestamp_of(event.get("timestamp")),
         tags=_tags(event, primary, event.get("release")),

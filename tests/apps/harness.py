@@ -8,13 +8,43 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import httpx
+import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
+from remedy.config import RemedyConfig, ServiceConfig
+from starter.app import create_app
 from tests.conftest import free_port
+from tests.intake_harness import RecordingReporter
+from tests.test_intake import BILLING_TOKEN, SHOP_TOKEN, intake_client
 
 APPS = Path(__file__).resolve().parent
+
+
+def shop_and_billing(monkeypatch: pytest.MonkeyPatch, **billing: Any) -> RemedyConfig:
+    """The two services of tests/test_intake.py with their tokens set; `billing` adds keys."""
+    monkeypatch.setenv("TEST_SHOP_TOKEN", SHOP_TOKEN)
+    monkeypatch.setenv("TEST_BILLING_TOKEN", BILLING_TOKEN)
+    return RemedyConfig(
+        services={
+            "shop": ServiceConfig(repo="/nonexistent/shop", intake_token_env="TEST_SHOP_TOKEN"),
+            "billing": ServiceConfig(
+                repo="/nonexistent/billing", intake_token_env="TEST_BILLING_TOKEN", **billing
+            ),
+        }
+    )
+
+
+@contextlib.asynccontextmanager
+async def asgi_client(
+    config: RemedyConfig, reporter: RecordingReporter
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the intake app, in process (no server)."""
+    async with intake_client(create_app(config, reporter=reporter)) as client:
+        yield client
 
 
 @contextlib.asynccontextmanager
