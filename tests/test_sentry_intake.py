@@ -248,8 +248,9 @@ async def test_remedys_busy_answers_are_sentry_rate_limits_the_sdk_obeys(
         assert reply.headers["X-Sentry-Rate-Limits"] == "1::organization"
         envelopes.clear()
         await run_app(*python_app("sentry_python_app.py", dsn(config, url), "storm", "20"))
-    # The first answer holds the SDK off: the rest of the storm is dropped at the source.
-    assert 1 <= len(envelopes) <= 3
+    # The first answer holds the SDK off: the rest of the storm is dropped at the source
+    # (what may still come is the SDK's report of what it dropped).
+    assert 1 <= len(envelopes) <= 5
 
 
 # ---------------------------------------------------------------------------- frame conventions
