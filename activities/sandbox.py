@@ -34,9 +34,10 @@ from activities.progress import heartbeat
 from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
-from remedy.git.runner import run_git_async
+from remedy.git.diff import edited_tree
+from remedy.git.runner import GitError, run_git_async
 from remedy.models import ArtifactRef, CommandRun, VerificationResult, VerifyRequest
-from remedy.patching import repo_path
+from remedy.patching import EditRefused, repo_path
 from remedy.sandbox.bwrap import command_prefixes, exposed, python_prefixes, read_only_paths
 from remedy.sandbox.limits import MB, SandboxLimits
 from remedy.sandbox.results import judge, parse_test_output, read_tail
@@ -251,6 +252,23 @@ class SandboxActivities:
         )
         return result
 
+    async def _apply(
+        self, request: VerifyRequest, diff: ArtifactRef, repo: Path
+    ) -> tuple[int, str]:
+        """Check out the patched tree. The edits are applied, not the stored diff: that one is
+        redacted for people, and a credential on a context line would keep it from applying.
+        Requests from before `edits` existed carry only the diff."""
+        if not request.edits:
+            patch_file = self._store.path_of(diff)
+            return await _git("-C", repo, "apply", "--index", "--whitespace=nowarn", patch_file)
+        try:
+            tree = await asyncio.to_thread(
+                edited_tree, repo, request.worktree.commit, request.edits
+            )
+        except (EditRefused, GitError) as exc:
+            return 1, str(exc)
+        return await _git("-C", repo, "read-tree", "-m", "-u", "HEAD", tree)
+
     async def _verify(
         self,
         request: VerifyRequest,
@@ -296,10 +314,7 @@ class SandboxActivities:
             before = await run("before")
             if test_path:
                 regression_before = await run("regression-before", with_test=True)
-            patch_file = self._store.path_of(diff)
-            code, out = await _git(
-                "-C", scratch.repo, "apply", "--index", "--whitespace=nowarn", patch_file
-            )
+            code, out = await self._apply(request, diff, scratch.repo)
             if code != 0:
                 return VerificationResult(
                     status="error",

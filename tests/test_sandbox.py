@@ -20,6 +20,7 @@ from activities.sandbox import SandboxActivities
 from remedy.artifacts import ArtifactStore
 from remedy.config import LimitsConfig, RemedyConfig, SandboxConfig, ServiceConfig
 from remedy.models import (
+    Edit,
     PatchResult,
     RegressionTest,
     VerificationResult,
@@ -367,11 +368,18 @@ class Shop:
         )
 
     async def verify(
-        self, patch: PatchResult, test: RegressionTest | None = None
+        self,
+        patch: PatchResult,
+        test: RegressionTest | None = None,
+        edits: list[Edit] | None = None,
     ) -> VerificationResult:
         acts = SandboxActivities(self.config, self.store)
         request = VerifyRequest(
-            incident_id=INCIDENT, worktree=self.worktree, patch=patch, regression_test=test
+            incident_id=INCIDENT,
+            worktree=self.worktree,
+            patch=patch,
+            regression_test=test,
+            edits=edits or [],
         )
         result: VerificationResult = await ActivityEnvironment().run(acts.verify_patch, request)
         return result
@@ -403,6 +411,20 @@ async def test_a_fix_that_passes_and_reproduces_the_error(tmp_path: Path) -> Non
     assert result.artifact is not None and shop.store.get_json(result.artifact)["command"] == PYTEST
     assert list((tmp_path / "home" / "sandbox").iterdir()) == []  # the scratch copy is gone
     assert git(shop.repo.work, "status", "--porcelain") == ""  # the worktree is untouched
+
+
+@needs_sandbox
+async def test_the_edits_are_applied_not_the_diff_shown_to_people(tmp_path: Path) -> None:
+    # The stored diff is redacted for people; a secret on a context line would keep it from
+    # applying. Verification applies the edits themselves.
+    shop = Shop(tmp_path, PYTEST)
+    patch = shop.patch('item["qty"]', 'item.get("qty", 1)')
+    assert patch.diff is not None
+    shop.store.put_text(f"{INCIDENT}/patch.diff", "--- redacted, does not apply ---\n")
+    edits = [Edit(path="app/cart.py", search='item["qty"]', replace='item.get("qty", 1)')]
+    result = await shop.verify(patch, shop.regression(), edits=edits)
+    assert result.status == "passed", result.summary
+    assert result.reproduced is True
 
 
 @needs_sandbox
