@@ -1,6 +1,8 @@
 """Sentry-compatible intake, driven by the real SDKs: sentry-sdk (Python) and @sentry/node in
 small apps report to a running intake; a fuzz set of malformed envelopes and compressed bombs
-gets 4xx, never 5xx, and starts nothing."""
+gets 4xx, never 5xx, and starts nothing. About 600 lines: the whole protocol (SDK runs, frame
+conventions, keys, item types, DSNs, fuzz) on one page, as tests/test_intake.py is for
+/v1/errors."""
 
 from __future__ import annotations
 
