@@ -151,6 +151,7 @@ def test_serve_answers_without_temporal_and_recovers_when_it_comes_up(
 
 # Two processes start cold; on a busy machine that alone can take a minute.
 @pytest.mark.timeout(300)
+@pytest.mark.timeout(300)
 def test_worker_waits_for_temporal_then_polls(
     tmp_path: Path, spawn: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
@@ -168,7 +169,19 @@ def test_worker_waits_for_temporal_then_polls(
     assert worker.poll() is None, log.read_text()
 
     spawn(_temporal(temporal_port), "temporal.log")
-    _wait_until(lambda: "worker polling task queue" in log.read_text(), "the worker polls")
+    # A dev server starting on a loaded machine and the worker's back-off (up to 10 s) both
+    # stretch this; the log says which when it fails.
+    try:
+        _wait_until(
+            lambda: "worker polling task queue" in log.read_text(),
+            "the worker polls",
+            timeout_s=180,
+        )
+    except AssertionError as stuck:
+        temporal_log = (tmp_path / "temporal.log").read_text()
+        raise AssertionError(
+            f"{stuck}\nworker:\n{log.read_text()}\ntemporal:\n{temporal_log}"
+        ) from None
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=60) == 0, log.read_text()
     assert "worker stopped" in log.read_text()
