@@ -8,7 +8,7 @@ import base64
 import gzip
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -29,10 +29,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from remedy.config import RemedyConfig
 from remedy.models import Severity
-from starter.app import create_app
 from starter.otlp import MAX_DISTINCT_ERRORS
+from tests.apps import harness
 from tests.apps.cart import checkout
-from tests.apps.harness import asgi_client, python_app, run_app, serving, shop_and_billing
+from tests.apps.harness import (
+    python_app,
+    run_app,
+    shop_and_billing,
+)
 from tests.intake_harness import RecordingReporter
 from tests.test_intake import SHOP_TOKEN
 
@@ -47,28 +51,15 @@ RESOURCE = {
 }
 
 
+# The SDK tests' shared fixtures, over this module's `config`.
+reporter = harness.reporter
+http = harness.http
+served = harness.served
+
+
 @pytest.fixture
 def config(monkeypatch: pytest.MonkeyPatch) -> RemedyConfig:
     return shop_and_billing(monkeypatch)
-
-
-@pytest.fixture
-def reporter() -> RecordingReporter:
-    return RecordingReporter()
-
-
-@pytest.fixture
-async def http(
-    config: RemedyConfig, reporter: RecordingReporter
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with asgi_client(config, reporter) as client:
-        yield client
-
-
-@pytest.fixture
-async def served(config: RemedyConfig, reporter: RecordingReporter) -> AsyncIterator[str]:
-    async with serving(create_app(config, reporter=reporter)) as url:
-        yield url
 
 
 async def run_otel_app(url: str, service_name: str, mode: str, count: int) -> str:

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,15 @@ from remedy.stacktrace import parse_traceback
 from starter.app import create_app
 from starter.cli import app as cli_app
 from starter.reporter import TemporalReporter
+from tests.apps import harness
 from tests.apps.cart import checkout
-from tests.apps.harness import APPS, asgi_client, python_app, run_app, serving, shop_and_billing
+from tests.apps.harness import (
+    APPS,
+    python_app,
+    run_app,
+    serving,
+    shop_and_billing,
+)
 from tests.apps.sentry_capture import sdk_envelope as capture_envelope
 from tests.intake_harness import RecordingReporter
 from tests.test_intake import BILLING_TOKEN, SHOP_TOKEN
@@ -51,31 +58,18 @@ SENTRY_NODE = "11.12.0"
 NODE_DIR = Path(__file__).resolve().parents[1] / ".remedy" / "npm" / f"sentry-node-{SENTRY_NODE}"
 
 
+# The SDK tests' shared fixtures, over this module's `config`.
+reporter = harness.reporter
+http = harness.http
+served = harness.served
+
+
 @pytest.fixture
 def config(monkeypatch: pytest.MonkeyPatch) -> RemedyConfig:
     monkeypatch.setenv("TEST_BILLING_SENTRY_KEY", BILLING_KEY)
     return shop_and_billing(
         monkeypatch, sentry_public_key_env="TEST_BILLING_SENTRY_KEY", sentry_project_id=42
     )
-
-
-@pytest.fixture
-def reporter() -> RecordingReporter:
-    return RecordingReporter()
-
-
-@pytest.fixture
-async def http(
-    config: RemedyConfig, reporter: RecordingReporter
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with asgi_client(config, reporter) as client:
-        yield client
-
-
-@pytest.fixture
-async def served(config: RemedyConfig, reporter: RecordingReporter) -> AsyncIterator[str]:
-    async with serving(create_app(config, reporter=reporter)) as url:
-        yield url
 
 
 def dsn(config: RemedyConfig, url: str, service: str = "shop") -> str:

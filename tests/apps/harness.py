@@ -47,6 +47,28 @@ async def asgi_client(
         yield client
 
 
+# Fixtures of the SDK tests (Sentry, OpenTelemetry); each test module brings its `config`.
+
+
+@pytest.fixture
+def reporter() -> RecordingReporter:
+    return RecordingReporter()
+
+
+@pytest.fixture
+async def http(
+    config: RemedyConfig, reporter: RecordingReporter
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with asgi_client(config, reporter) as client:
+        yield client
+
+
+@pytest.fixture
+async def served(config: RemedyConfig, reporter: RecordingReporter) -> AsyncIterator[str]:
+    async with serving(create_app(config, reporter=reporter)) as url:
+        yield url
+
+
 @contextlib.asynccontextmanager
 async def serving(app: ASGIApp) -> AsyncIterator[str]:
     """The app on a real uvicorn server in this event loop (so the reporter shares it); its
