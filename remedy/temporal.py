@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfig
 from temporalio.service import RPCError
 
@@ -28,7 +27,8 @@ def connect_options(config: RemedyConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
         "target_host": config.temporal.address,
         "namespace": config.temporal.namespace,
-        "data_converter": data_converter(config),
+        # Pydantic models as JSON, as every worker, replayer and test converts them.
+        "data_converter": pydantic_data_converter,
     }
     # Only what a profile or TEMPORAL_* variable actually sets overrides remedy.toml.
     loaded = ClientConfig.load_client_connect_config(profile=config.temporal.profile)
@@ -38,11 +38,6 @@ def connect_options(config: RemedyConfig) -> dict[str, Any]:
         options["api_key"] = api_key
         options.setdefault("tls", True)
     return options
-
-
-def data_converter(config: RemedyConfig) -> DataConverter:
-    """The converter every client, worker and replayer uses: pydantic models as JSON."""
-    return pydantic_data_converter
 
 
 log = logging.getLogger(__name__)
