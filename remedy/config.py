@@ -4,7 +4,7 @@ Secrets never live in the file: it names environment variables (`*_env` keys) an
 `secret()` reads them at the moment of use, so no token is held in a model that could
 travel into a workflow input, a log line or a prompt.
 
-One class per section of the file, in the file's order, so the module is the reference for
+One class per section of the file, so the module is the reference for
 every key and runs past the usual length; the loading and error formatting are at the end.
 """
 
