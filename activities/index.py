@@ -29,7 +29,13 @@ from remedy.index.related import (
     related_code,
     related_queries,
 )
-from remedy.index.store import StoreError, VectorStore, open_vector_store
+from remedy.index.store import (
+    EDGE_LOCK_TIMEOUT_S,
+    StoreBusy,
+    StoreError,
+    VectorStore,
+    open_vector_store,
+)
 from remedy.models import (
     IndexRequest,
     IndexResult,
@@ -44,13 +50,29 @@ from remedy.models import (
 # A model's tool call must not queue behind an index run holding the embedded store: after
 # this long it greps instead.
 TOOL_LOCK_TIMEOUT_S = 2.0
+# A live incident must not queue behind a long index run (`remedy index` of a big repository,
+# another incident's first index): after this long it goes on without the index, and says
+# who held it. Short runs (an incremental index, a search) take well under this.
+INCIDENT_LOCK_TIMEOUT_S = 15.0
 
 
 def _failure(exc: GitError | StoreError, what: str) -> ApplicationError:
     """Permanent failures (a commit the repository lacks, a store that cannot fit the model's
-    vectors) stop the retries; the rest (a busy store, a flaky server) are retried."""
+    vectors) stop the retries; a store another process holds ends the enrichment at once
+    (retrying would only queue the incident behind it); the rest (a flaky server) retry."""
+    if isinstance(exc, StoreBusy):
+        return ApplicationError(
+            f"{what}: the code index is in use by {exc.holder}; the incident goes on without it",
+            type="IndexBusy",
+            non_retryable=True,
+        )
     kind = "IndexGitError" if isinstance(exc, GitError) else "IndexStoreError"
     return ApplicationError(f"{what}: {exc}", type=kind, non_retryable=exc.permanent)
+
+
+def _report_wait(holder: str) -> None:
+    # The heartbeat details are what the Temporal UI shows on the pending activity.
+    activity.heartbeat({"stage": "waiting for the code index", "holder": holder})
 
 
 class IndexActivities:
@@ -61,13 +83,25 @@ class IndexActivities:
         config: RemedyConfig,
         store: ArtifactStore,
         vector_store: Callable[[], VectorStore] | None = None,
+        incident_lock_timeout_s: float = INCIDENT_LOCK_TIMEOUT_S,
     ) -> None:
         self.config = config
         self.store = store
         self._vector_store = vector_store
+        self._incident_lock_timeout_s = incident_lock_timeout_s
 
-    def _index(self) -> contextlib.AbstractContextManager[CodeIndex]:
-        return code_index(self.config, self._vector_store)
+    def _index(
+        self, holder: str, lock_timeout_s: float | None = None
+    ) -> contextlib.AbstractContextManager[CodeIndex]:
+        def open_store() -> VectorStore:
+            return open_vector_store(
+                self.config,
+                lock_timeout_s=lock_timeout_s or self._incident_lock_timeout_s,
+                holder=holder,
+                on_wait=_report_wait,
+            )
+
+        return code_index(self.config, self._vector_store or open_store)
 
     # -- the model's search_code tool ----------------------------------------
 
@@ -88,7 +122,9 @@ class IndexActivities:
         return [related_code(h) for h in hits]
 
     def _tool_store(self) -> VectorStore:
-        return open_vector_store(self.config, lock_timeout_s=TOOL_LOCK_TIMEOUT_S)
+        return open_vector_store(
+            self.config, lock_timeout_s=TOOL_LOCK_TIMEOUT_S, holder="the diagnosis's search_code"
+        )
 
     # -- index_repo -----------------------------------------------------------
 
@@ -107,8 +143,9 @@ class IndexActivities:
             activity.heartbeat({"commit": worktree.commit, "stage": stage, "embedded": done,
                                 "total": total})  # fmt: skip
 
+        holder = f"the index worker, indexing {worktree.service} at {worktree.commit[:12]}"
         try:
-            with self._index() as index:
+            with self._index(holder) as index:
                 return index.index(
                     repo,
                     Path(worktree.path),
@@ -130,7 +167,7 @@ class IndexActivities:
         try:
             located = locate_frames(checkout, worktree.commit, request.frames)
             queries = related_queries(request, located, checkout)
-            with self._index() as index:
+            with self._index(f"the index worker, searching for {request.incident_id}") as index:
                 found = find_related(index, repo, request, located, queries)
         except (GitError, StoreError) as exc:
             raise _failure(exc, f"searching the index of {worktree.service}") from None
@@ -153,7 +190,9 @@ class IndexActivities:
                 patch = ""
         payload, text = incident_memory(request, patch)
         try:
-            with self._index() as index:
+            # A closed incident has no one waiting on it: it may wait out a long index run.
+            holder = f"the index worker, recording {request.incident_id}"
+            with self._index(holder, EDGE_LOCK_TIMEOUT_S) as index:
                 pid = index.record_incident(request.incident_id, payload, text)
         except StoreError as exc:
             raise _failure(exc, f"recording incident {request.incident_id}") from None

@@ -7,7 +7,10 @@ Heavy libraries (torch, sentence-transformers, Qdrant) load inside the commands,
 from __future__ import annotations
 
 import json
+import math
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,6 +21,7 @@ from starter.cli_common import DEFAULT_CONFIG, ConfigOption, JsonOption, fail, l
 if TYPE_CHECKING:
     from remedy.config import RemedyConfig
     from remedy.index.core import CodeIndex
+    from remedy.index.store import VectorStore
     from remedy.models import IndexResult
 
 
@@ -90,7 +94,7 @@ def index(
         checkout, sha = _checkout_for_path(repo, commit)
         key = repo_key(loaded, None, str(checkout))
     try:
-        with code_index(loaded) as code:
+        with code_index(loaded, _store_for(loaded, f"`remedy index {service or repo}`")) as code:
             if as_json or not sys.stderr.isatty():
                 result = code.index(key, checkout, sha)
             else:
@@ -105,6 +109,21 @@ def index(
         f"({result.embedded} embedded, {result.reused} reused, {result.deleted} deleted) "
         f"in {result.seconds:.1f}s"
     )
+
+
+def _store_for(config: RemedyConfig, holder: str) -> Callable[[], VectorStore]:
+    """The store, opened saying who holds it; while another process holds it, one line on
+    stderr says who that is (then one every 10 s), instead of a silent wait."""
+    from remedy.index.store import open_vector_store
+
+    last_said = [-math.inf]
+
+    def say(other: str) -> None:
+        if time.monotonic() - last_said[0] >= 10:
+            typer.echo(f"waiting for the code index: in use by {other}", err=True)
+            last_said[0] = time.monotonic()
+
+    return lambda: open_vector_store(config, holder=holder, on_wait=say)
 
 
 def _index_with_bar(code: CodeIndex, key: str, checkout: Path, sha: str) -> IndexResult:
@@ -145,7 +164,7 @@ def search(
 
     key = repo_key(loaded, service, "")
     try:
-        with code_index(loaded) as code:
+        with code_index(loaded, _store_for(loaded, f"`remedy search {service}`")) as code:
             indexed = code.indexed_commits(key)
             if not indexed:
                 raise fail(f"{service} is not indexed yet (run `remedy index {service}` first)")

@@ -6,14 +6,19 @@ path through qdrant-client's in-memory mode (the same API a server answers).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.index import IndexActivities
@@ -377,3 +382,58 @@ async def test_a_failing_test_finds_the_code_under_test_before_other_tests(
     )
     paths = [c.path for c in related.related_code]
     assert paths and paths[0] == "app/cart.py", paths
+
+
+HOLD_STORE = """
+import sys, time
+from pathlib import Path
+from remedy.index.edge_store import EdgeStore
+store = EdgeStore(Path(sys.argv[1]), holder="`remedy index big`")
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+store.close()
+"""
+
+
+@contextlib.contextmanager
+def store_held_by_another_process(root: Path, seconds: float) -> Iterator[None]:
+    """A second process holding the embedded store, as `remedy index BIGREPO` does."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_STORE, str(root), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
+async def test_an_incident_does_not_queue_behind_a_long_index_run(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    repo = Repo(tmp_path / "shop")
+    sha = repo.commit({"app/cart.py": CART})
+    config = _config(tmp_path, repo)
+    acts = IndexActivities(config, ArtifactStore(config.artifacts_dir), incident_lock_timeout_s=2)
+    env = ActivityEnvironment()
+    beats: list[dict[str, str]] = []
+    env.on_heartbeat = lambda *details: beats.append(details[0])
+
+    with store_held_by_another_process(config.home_dir / config.qdrant.path, 60):
+        started = time.monotonic()
+        with pytest.raises(ApplicationError) as failure:
+            env.run(acts.index_repo, IndexRequest(worktree=_worktree(repo, sha)))
+        waited = time.monotonic() - started
+
+    assert waited < 10, "the incident's index waits the short incident timeout, not minutes"
+    assert failure.value.type == "IndexBusy" and failure.value.non_retryable
+    # The reason names who holds the index, for the Temporal UI and the logs.
+    assert "in use by `remedy index big` (pid " in failure.value.message
+    assert beats[0]["stage"] == "waiting for the code index"
+    assert beats[0]["holder"].startswith("`remedy index big` (pid ")
+    # Once the other run is over, the same incident indexes normally.
+    assert env.run(acts.index_repo, IndexRequest(worktree=_worktree(repo, sha))).chunks > 0

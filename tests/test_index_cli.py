@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from starter.index_cli import register
 from tests.repos import git
+from tests.test_index import store_held_by_another_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,3 +76,21 @@ def test_index_and_search_explain_what_is_wrong(tmp_path: Path, app: typer.Typer
     assert unknown.exit_code == 2 and "no service 'nope'" in unknown.output
     unindexed = runner.invoke(app, ["search", "shop", "q", "--config", str(config)])
     assert unindexed.exit_code == 1 and "run `remedy index shop` first" in unindexed.output
+
+
+def test_index_says_whom_it_waits_for(tmp_path: Path, app: typer.Typer) -> None:
+    repo = tmp_path / "small"
+    (repo / "app").mkdir(parents=True)
+    (repo / "app" / "cart.py").write_text("def total(lines):\n    return sum(lines)\n")
+    git(repo, "init", "--quiet", "--initial-branch=main")
+    git(repo, "add", "--all")
+    git(repo, "-c", "user.name=T", "-c", "user.email=t@example.com", "commit", "-qm", "import")
+    config = tmp_path / "remedy.toml"
+    config.write_text(f'home = "home"\n\n[services.small]\nrepo = "{repo}"\n')
+
+    with store_held_by_another_process(tmp_path / "home" / "index", 3):
+        indexed = CliRunner().invoke(app, ["index", "small", "--json", "--config", str(config)])
+
+    assert indexed.exit_code == 0, indexed.output
+    assert "waiting for the code index: in use by `remedy index big` (pid " in indexed.stderr
+    assert json.loads(indexed.stdout)["chunks"] >= 1

@@ -7,8 +7,11 @@ remedy.index.store for why it beats `qdrant-client`'s local mode and why it live
 from __future__ import annotations
 
 import fcntl
+import json
+import os
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,7 +23,9 @@ from remedy.index.store import (
     LEXICAL,
     RRF_K,
     Hit,
+    OnWait,
     PointData,
+    StoreBusy,
     StoreError,
     VectorStore,
     Where,
@@ -31,33 +36,30 @@ class EdgeStore(VectorStore):
     """Qdrant Edge shards under one folder, one shard per collection.
 
     A shard belongs to one process at a time, so the store holds an exclusive lock on the
-    folder while open: a CLI `remedy index` waits for the worker's activity to finish.
+    folder while open: a CLI `remedy index` waits for the worker's activity to finish. The
+    holder writes what it holds the store for into the lock file, so a waiter can say who it
+    waits for (`on_wait`) and a timeout names the holder, not just "busy".
     """
 
     kind = "qdrant-edge"
 
-    def __init__(self, root: Path, *, lock_timeout_s: float = EDGE_LOCK_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        lock_timeout_s: float = EDGE_LOCK_TIMEOUT_S,
+        holder: str = "",
+        on_wait: OnWait | None = None,
+    ) -> None:
         import qdrant_edge
 
         self._qe = qdrant_edge
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock_file: IO[str] | None = open(root / ".lock", "a")  # noqa: SIM115
-        deadline = time.monotonic() + lock_timeout_s
-        while True:
-            try:
-                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    self._lock_file.close()
-                    raise StoreError(
-                        f"the embedded index at {root} stayed in use by another process for "
-                        f"{lock_timeout_s:.0f}s (wait for it, or set [qdrant] url to share a "
-                        f"Qdrant server between processes)",
-                        permanent=False,
-                    ) from None
-                time.sleep(0.05)
+        self._lock_file: IO[str] | None = _acquire(root / ".lock", lock_timeout_s, on_wait)
+        self._lock_file.truncate(0)
+        self._lock_file.write(_holder_line(holder))
+        self._lock_file.flush()
         self._shards: dict[str, Any] = {}
 
     def _config(self, dimension: int) -> Any:
@@ -192,6 +194,52 @@ class EdgeStore(VectorStore):
             shard.close()
         self._shards.clear()
         if self._lock_file is not None:
+            self._lock_file.truncate(0)
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
+
+
+def _holder_line(holder: str) -> str:
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    return json.dumps({"pid": os.getpid(), "holder": holder or "a remedy process",
+                       "since": started})  # fmt: skip
+
+
+def describe_holder(lock_path: Path) -> str:
+    """Who holds the store, from its lock file: "remedy index shop (pid 42, for 3m05s)"."""
+    try:
+        record = json.loads(lock_path.read_text() or "{}")
+        since = datetime.fromisoformat(record["since"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+    held = int((datetime.now(UTC) - since).total_seconds())
+    minutes, seconds = divmod(max(held, 0), 60)
+    who = record.get("holder", "a remedy process")
+    return f"{who} (pid {record.get('pid', '?')}, for {minutes}m{seconds:02d}s)"
+
+
+def _acquire(lock_path: Path, timeout_s: float, on_wait: OnWait | None) -> IO[str]:
+    """The lock file, exclusively locked; StoreBusy naming the holder after `timeout_s`."""
+    lock_file: IO[str] = open(lock_path, "a")  # noqa: SIM115
+    deadline = time.monotonic() + timeout_s
+    next_report = time.monotonic()
+    while True:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock_file
+        except BlockingIOError:
+            now = time.monotonic()
+            if now > deadline:
+                lock_file.close()
+                holder = describe_holder(lock_path)
+                raise StoreBusy(
+                    f"the embedded index at {lock_path.parent} stayed in use by {holder} for "
+                    f"{timeout_s:.0f}s (wait for it, or set [qdrant] url to share a Qdrant "
+                    f"server between processes)",
+                    holder=holder,
+                ) from None
+            if on_wait is not None and now >= next_report:
+                on_wait(describe_holder(lock_path))
+                next_report = now + 1.0
+            time.sleep(0.05)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,18 @@ class StoreError(Exception):
     def __init__(self, message: str, *, permanent: bool) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+class StoreBusy(StoreError):
+    """Another process held the embedded store past the wait: `holder` says who and why."""
+
+    def __init__(self, message: str, *, holder: str) -> None:
+        super().__init__(message, permanent=False)
+        self.holder = holder
+
+
+# Called about once a second while a process waits for the embedded store, with who holds it.
+OnWait = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -122,10 +134,15 @@ class VectorStore(ABC):
 
 
 def open_vector_store(
-    config: RemedyConfig, *, lock_timeout_s: float = EDGE_LOCK_TIMEOUT_S
+    config: RemedyConfig,
+    *,
+    lock_timeout_s: float = EDGE_LOCK_TIMEOUT_S,
+    holder: str = "",
+    on_wait: OnWait | None = None,
 ) -> VectorStore:
     """The configured store: a Qdrant server when `qdrant.url` is set, else embedded (waiting
-    up to `lock_timeout_s` for another process to close it)."""
+    up to `lock_timeout_s` for another process to close it; `holder` says what this process
+    holds it for, to whoever waits next)."""
     if config.qdrant.url:
         from qdrant_client import QdrantClient
 
@@ -139,4 +156,9 @@ def open_vector_store(
         return ServerStore(client, config.qdrant.collection_prefix)
     from remedy.index.edge_store import EdgeStore
 
-    return EdgeStore(config.home_dir / config.qdrant.path, lock_timeout_s=lock_timeout_s)
+    return EdgeStore(
+        config.home_dir / config.qdrant.path,
+        lock_timeout_s=lock_timeout_s,
+        holder=holder,
+        on_wait=on_wait,
+    )
