@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 from aiohttp import web
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.git import GitActivities
@@ -51,6 +50,7 @@ from remedy.artifacts import ArtifactStore
 from remedy.config import LLMConfig, RemedyConfig, ServiceConfig, SlackConfig
 from remedy.models import IncidentStatus, IndexRequest, IndexResult, Phase, SyncRequest, Worktree
 from remedy.render.slack import APPROVE_ACTION_ID
+from remedy.temporal import data_converter
 from tests.fakes.ollama_server import OllamaReply, OllamaServer, answer
 from tests.fakes.slack_server import BOT_TOKEN, SIGNING_SECRET, SlackServer
 from tests.intake_harness import running_intake
@@ -429,7 +429,7 @@ async def run(home: Path, count: int, tests: bool) -> tuple[Measured, list[Measu
         env = await WorkflowEnvironment.start_local(
             dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
             search_attributes=names.SEARCH_ATTRIBUTES,
-            data_converter=pydantic_data_converter,
+            data_converter=data_converter(),
             dev_server_log_level="error",
         )
         try:

@@ -24,11 +24,11 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from remedy import names
 from remedy.config import RemedyConfig, ServiceConfig
+from remedy.temporal import data_converter
 from starter.app import create_app
 from starter.demo import build_demo_repository, crash_demo_service
 from starter.reporter import TemporalReporter
@@ -110,7 +110,7 @@ async def main(reports: int, concurrency: int) -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
         search_attributes=names.SEARCH_ATTRIBUTES,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(),
         dev_server_log_level="error",
     )
     config.temporal.task_queue = "bench-storm"

@@ -32,13 +32,13 @@ import brotli
 import httpx
 import uvicorn
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from remedy import names
 from remedy.config import RemedyConfig, ServiceConfig
 from remedy.intake_formats.sentry_auth import project_id_for
+from remedy.temporal import data_converter
 from starter.app import create_app
 from starter.reporter import TemporalReporter
 from tests.apps.sentry_capture import sdk_envelope
@@ -180,7 +180,7 @@ async def main(reports: int, distinct: int, concurrency: int) -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
         search_attributes=names.SEARCH_ATTRIBUTES,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(),
         dev_server_log_level="error",
     )
     try:

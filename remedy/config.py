@@ -17,7 +17,16 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -314,6 +323,52 @@ class WatchConfig(_Section):
     max_backoff_s: float = Field(default=30.0, gt=0)
 
 
+# -- encrypted history (issue 11 owns this section) ----------------------------------
+
+
+class CodecConfig(_Section):
+    """Payload encryption (remedy/codec.py, docs/codec.md). The keys are only named here."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Encrypt every payload in Temporal's history (AES-256-GCM); histories "
+        "written before stay readable",
+    )
+    keys_env: str = Field(
+        default="REMEDY_CODEC_KEYS",
+        description="env var holding 'id:base64key,id:base64key': the first encrypts, all decrypt",
+    )
+    server_host: str = Field(
+        default="127.0.0.1",
+        description="Where `remedy codec-server` listens; other than loopback only with a token",
+    )
+    server_port: int = Field(default=8081, ge=1, le=65535)
+    server_token_env: str = Field(
+        default="REMEDY_CODEC_SERVER_TOKEN",
+        description="env var holding the bearer token the codec server asks for; unset: no "
+        "token, and the server listens on loopback only",
+    )
+    cors_origins: list[str] | None = Field(
+        default=None,
+        description="Browser origins (the Temporal UI) allowed to call the codec server; "
+        "absent: [temporal] ui_url and the dev UI on 127.0.0.1 and localhost",
+    )
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _keys_readable(self) -> CodecConfig:
+        # Checked at start-up, so a bad key is one line before anything connects; read again
+        # (never kept) when the data converter is built.
+        if self.enabled:
+            from remedy.codec import CodecKeyError, keys_from_environment
+
+            try:
+                keys_from_environment(self.keys_env)
+            except CodecKeyError as exc:
+                raise PydanticCustomError("codec_keys", str(exc)) from None
+        return self
+
+
 class ServiceConfig(_Section):
     repo: str = Field(description="git URL, file:// URL or local path")
     branch: str = "main"
@@ -405,6 +460,7 @@ class RemedyConfig(BaseSettings):
     qdrant: QdrantConfig = Field(default_factory=QdrantConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
+    codec: CodecConfig = Field(default_factory=CodecConfig)
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
 
     # Where the file was read from; relative paths in it resolve against its folder.

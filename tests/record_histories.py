@@ -15,12 +15,12 @@ import uuid
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from remedy import names
 from remedy.models import DecideRequest, OccurrenceSignal, Phase
+from remedy.temporal import data_converter
 from tests.conftest import TEMPORAL
 from tests.workflow_harness import (
     APPROVER,
@@ -65,7 +65,7 @@ async def main(suffix: str) -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=TEMPORAL,
         search_attributes=names.SEARCH_ATTRIBUTES,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(),
     )
     try:
         for scenario in ("triaged", "approved", "rejected"):

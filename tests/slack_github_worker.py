@@ -14,13 +14,13 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from activities.github import GitHubActivities
 from activities.slack import SlackActivities
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig, load_config
+from remedy.temporal import data_converter
 
 
 def activity_worker(
@@ -39,9 +39,7 @@ def activity_worker(
 
 async def main(config_path: str, address: str, namespace: str, task_queue: str) -> None:
     config = load_config(config_path)
-    client = await Client.connect(
-        address, namespace=namespace, data_converter=pydantic_data_converter
-    )
+    client = await Client.connect(address, namespace=namespace, data_converter=data_converter())
     with ThreadPoolExecutor(max_workers=4) as executor:
         await activity_worker(client, config, task_queue, executor).run()
 

@@ -112,11 +112,9 @@ async def test_a_killed_worker_is_replaced_within_the_heartbeat_timeout(client: 
 
 
 async def _serve(address: str, namespace: str, queue: str) -> None:
-    from temporalio.contrib.pydantic import pydantic_data_converter
+    from remedy.temporal import data_converter
 
-    client = await Client.connect(
-        address, namespace=namespace, data_converter=pydantic_data_converter
-    )
+    client = await Client.connect(address, namespace=namespace, data_converter=data_converter())
     with ThreadPoolExecutor(max_workers=2) as executor:
         await _worker(client, queue, executor).run()
 

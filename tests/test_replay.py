@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from remedy.temporal import data_converter
 from workflows.incident import IncidentWorkflow
 
 HISTORIES = {
@@ -29,5 +29,5 @@ def test_there_are_histories_to_replay() -> None:
 @pytest.mark.parametrize("name", sorted(HISTORIES))
 async def test_history_replays(name: str) -> None:
     history = WorkflowHistory.from_json(f"replay-{name}", json.loads(HISTORIES[name]))
-    replayer = Replayer(workflows=[IncidentWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[IncidentWorkflow], data_converter=data_converter())
     await replayer.replay_workflow(history)
