@@ -30,6 +30,7 @@ from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig, secret
 from remedy.models import IncidentStatus, NotifyRequest, NotifyResult
+from remedy.render.phases import Forge
 from remedy.render.slack import Blocks, detail_text, render_message
 from remedy.retry_after import retry_after_s
 
@@ -130,7 +131,12 @@ class SlackActivities:
         )
         try:
             state = self._load(incident.incident_id)
-            text, blocks = render_message(incident, request.raw_error, self._diff(incident))
+            text, blocks = render_message(
+                incident,
+                request.raw_error,
+                self._diff(incident),
+                forge=self._forge(incident.service),
+            )
             metadata = {
                 "event_type": MESSAGE_EVENT,
                 "event_payload": {"incident_id": incident.incident_id},
@@ -166,6 +172,11 @@ class SlackActivities:
         return NotifyResult(
             delivered=True, channel=state.channel, ts=state.ts, posted=posted, replied=replied
         )
+
+    def _forge(self, service: str) -> Forge:
+        """Where an approved change goes, as the intake decided it (IncidentStart.forge)."""
+        config = self._config.services.get(service)
+        return "github" if config and config.github_repo else "local"
 
     async def _edit(
         self,
@@ -246,7 +257,9 @@ class SlackActivities:
             await client.chat_postMessage(
                 channel=state.channel,
                 thread_ts=state.ts,
-                text=detail_text(request.incident, request.kind),
+                text=detail_text(
+                    request.incident, request.kind, forge=self._forge(request.incident.service)
+                ),
                 metadata={
                     "event_type": DETAIL_EVENT,
                     "event_payload": {"incident_id": incident_id, "key": key},

@@ -49,13 +49,11 @@ from remedy.models import DecideRequest
 from remedy.render.slack import (
     APPROVE_ACTION_ID,
     REJECT_ACTION_ID,
-    REJECT_VIEW_ID,
     decided_blocks,
     decision_note,
     parse_button_value,
-    parse_reason_modal,
-    reason_modal,
 )
+from remedy.render.slack_modal import REJECT_VIEW_ID, parse_reason_modal, reason_modal
 from starter.request_body import BodyRefused, read_capped_body
 from workflows.incident import IncidentWorkflow
 

@@ -28,7 +28,8 @@ import uvicorn
 from temporalio.client import Client
 
 from remedy.config import RemedyConfig, ServiceConfig, SlackConfig
-from remedy.render.slack import APPROVE_ACTION_ID, REJECT_ACTION_ID, REJECT_VIEW_ID
+from remedy.render.slack import APPROVE_ACTION_ID, REJECT_ACTION_ID
+from remedy.render.slack_modal import REJECT_VIEW_ID
 from starter.app import create_app
 from tests.conftest import free_port
 from tests.fakes.slack_server import BOT_TOKEN, SIGNING_SECRET, SlackServer, signed_headers

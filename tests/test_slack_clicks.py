@@ -33,10 +33,10 @@ from remedy.models import Decision, IncidentStart, IncidentStatus, IntakeRespons
 from remedy.render.slack import (
     APPROVE_ACTION_ID,
     DECISION_BLOCK_ID,
-    REASON_INPUT_ID,
     REJECT_ACTION_ID,
     button_value,
 )
+from remedy.render.slack_modal import REASON_INPUT_ID
 from starter.app import create_app
 from starter.slack import SlackListener, mount_slack, slack_listener
 from tests.fakes.slack_server import (

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from temporalio.exceptions import ApplicationError
@@ -12,23 +15,25 @@ from temporalio.testing import ActivityEnvironment
 from activities.slack import SlackActivities
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig, ServiceConfig, SlackConfig
-from remedy.models import NotifyRequest, NotifyResult, Phase
+from remedy.models import NotifyRequest, NotifyResult, Phase, Proposal
+from remedy.render.phases import phase_label
 from remedy.render.slack import (
     APPROVE_ACTION_ID,
     DECISION_BLOCK_ID,
-    REASON_INPUT_ID,
     REJECT_ACTION_ID,
     decided_blocks,
     detail_text,
+    mention,
     parse_button_value,
-    parse_reason_modal,
-    reason_modal,
     render_message,
+    status_line,
 )
+from remedy.render.slack_modal import REASON_INPUT_ID, parse_reason_modal, reason_modal
 from tests.fakes.incident_factory import APPROVER, INCIDENT_ID, TRACEBACK, make_incident
 from tests.fakes.slack_server import BOT_TOKEN, SlackServer
 
 CHANNEL = "C0INCIDENTS"
+PUBLISHING = (Phase.OPENING_PR, Phase.PR_OPENED)
 
 
 @pytest.fixture
@@ -70,7 +75,7 @@ def block_texts(message: dict) -> str:
     return "\n".join(texts)
 
 
-async def test_first_notify_posts_one_message_raw_error_first_with_buttons(
+async def test_first_notify_posts_one_message_header_first_with_buttons(
     slack: SlackServer, activities: SlackActivities, tmp_path: Path
 ) -> None:
     incident = make_incident()
@@ -83,8 +88,19 @@ async def test_first_notify_posts_one_message_raw_error_first_with_buttons(
     assert result.delivered and result.posted and result.channel == CHANNEL
     [message] = slack.top_level()
     assert message["ts"] == result.ts
-    first = message["blocks"][0]["text"]["text"]
-    assert first.startswith("```Traceback") and "KeyError: 'sku'" in first
+    header, facts, raw = message["blocks"][:3]
+    assert header == {
+        "type": "header",
+        "text": {
+            "type": "plain_text",
+            "text": "HIGH · KeyError in checkout · Awaiting approval",
+            "emoji": False,
+        },
+    }
+    assert facts["fields"][0]["text"] == "*Service*\ncheckout"
+    assert (
+        raw["text"]["text"].startswith("```Traceback") and "KeyError: 'sku'" in raw["text"]["text"]
+    )
     text = block_texts(message)
     for expected in (
         "checkout",
@@ -105,6 +121,9 @@ async def test_first_notify_posts_one_message_raw_error_first_with_buttons(
         e["action_id"] for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]
     ]
     assert buttons == [APPROVE_ACTION_ID, REJECT_ACTION_ID]
+    [approve] = [e for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]][:1]
+    assert "push this change as a branch" in approve["confirm"]["text"]["text"], "no github_repo"
+    assert message["text"] == "[high] KeyError in checkout: awaiting approval"
     assert message["metadata"]["event_payload"] == {"incident_id": INCIDENT_ID}
     remembered = ArtifactStore(tmp_path / "artifacts").get_json(f"{INCIDENT_ID}/slack.json")
     assert remembered["ts"] == result.ts
@@ -134,6 +153,33 @@ async def test_later_phases_edit_the_message_and_reply_once_per_phase(
         "phase:opening_pr",
         "phase:pr_opened",
     ]
+
+
+async def test_with_github_the_message_speaks_of_a_pull_request(
+    slack: SlackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)
+    service = ServiceConfig(
+        repo=str(tmp_path),
+        slack_channel="#checkout-incidents",
+        approvers=[APPROVER],
+        github_repo="acme/checkout",
+    )
+    github = SlackActivities(
+        RemedyConfig(slack=SlackConfig(api_url=slack.api_url), services={"checkout": service}),
+        ArtifactStore(tmp_path / "artifacts"),
+    )
+    await notify(github, NotifyRequest(incident=make_incident()))
+    opening = make_incident(Phase.OPENING_PR, decision="approve")
+    await notify(github, NotifyRequest(incident=opening))
+
+    [message] = slack.top_level()
+    assert message["blocks"][0]["text"]["text"] == (
+        "HIGH · KeyError in checkout · Opening pull request"
+    )
+    assert "opening pull request" in block_texts(message)
+    [reply] = slack.replies(message["ts"])
+    assert reply["text"].startswith("*Opening pull request*\n")
 
 
 async def test_crash_between_post_and_remembering_it_yields_one_message(
@@ -286,6 +332,86 @@ def test_thread_text_per_phase_and_reminder() -> None:
     assert f"<@{APPROVER}>" in waiting
     reminder = detail_text(make_incident(), "reminder")
     assert reminder.startswith(f"<@{APPROVER}>: reminder")
+
+
+@pytest.mark.parametrize("forge", ["local", "github"])
+@pytest.mark.parametrize("phase", list(Phase))
+def test_every_phase_reads_as_words(phase: Phase, forge: Literal["local", "github"]) -> None:
+    label = phase_label(phase, forge)
+    assert label[0].isupper() and "_" not in label
+    assert label not in ("Opening pr", "Pr opened")
+    assert ("ull request" in label) == (forge == "github" and phase in PUBLISHING)
+    assert ("ranch" in label) == (forge == "local" and phase in PUBLISHING)
+
+
+def test_a_local_forge_pushes_a_branch_and_says_so() -> None:
+    opening = make_incident(Phase.OPENING_PR, decision="approve")
+    text, blocks = render_message(opening, forge="local")
+    assert blocks[0]["text"]["text"] == "HIGH · KeyError in checkout · Pushing a branch"
+    assert text == "[high] KeyError in checkout: pushing a branch"
+    assert "pull request" not in json.dumps(blocks).lower()
+
+    pushed = make_incident(Phase.PR_OPENED, decision="approve")
+    pushed.proposal = Proposal(branch="remedy/checkout-1", commit="e" * 40, title="fix")
+    # The proposal is what happened: a branch, whatever forge the caller assumed.
+    _, blocks = render_message(pushed, forge="github")
+    assert blocks[0]["text"]["text"] == "HIGH · KeyError in checkout · Branch pushed"
+    assert "branch `remedy/checkout-1` pushed" in status_line(pushed, forge="github")
+    assert "Branch `remedy/checkout-1`" in block_texts({"blocks": blocks})
+    assert "pull request" not in json.dumps(blocks).lower()
+    assert detail_text(pushed, forge="local").startswith("*Branch pushed*\n")
+
+    _, waiting = render_message(make_incident(), forge="github")
+    [actions] = [b for b in waiting if b.get("block_id") == DECISION_BLOCK_ID]
+    confirm = actions["elements"][0]["confirm"]["text"]["text"]
+    assert confirm == "Remedy will open a pull request with this change."
+
+
+def test_only_slack_user_ids_are_mentioned() -> None:
+    approvers = (APPROVER, "W0GRIDUSER", "alice@example.com", "<!channel>", "u123abc", "bob")
+    incident = make_incident(approvers=approvers)
+
+    _, blocks = render_message(incident)
+    reply = detail_text(incident)
+    reminder = detail_text(incident, "reminder")
+
+    for shown in (block_texts({"blocks": blocks}), reply, reminder):
+        assert f"<@{APPROVER}>, <@W0GRIDUSER>, alice@example.com, &lt;!channel&gt;" in shown
+        assert re.findall(r"<@([^>]*)>", shown) == [APPROVER, "W0GRIDUSER"], shown
+        assert "<!channel>" not in shown and "u123abc" in shown and "<@bob>" not in shown
+    assert mention("alice@example.com") == "alice@example.com"
+    assert mention("<@U0EVIL|x>") == "&lt;@U0EVIL|x&gt;"
+    # A CLI approver is a name, not a Slack id: the note says who, and pings nobody.
+    decided = make_incident(Phase.REJECTED, decision="reject", reason="no")
+    assert decided.approval and decided.approval.decision
+    decided.approval.decision.approver = "alice"
+    assert status_line(decided) == ":no_entry: Rejected by alice: no"
+
+
+def test_the_header_fits_slacks_limit_and_stays_escaped() -> None:
+    incident = make_incident()
+    incident.error_type = "<!channel> & " * 40
+
+    _, blocks = render_message(incident)
+
+    header = blocks[0]["text"]["text"]
+    assert blocks[0]["type"] == "header" and blocks[0]["text"]["type"] == "plain_text"
+    assert len(header) <= 150
+    assert header.startswith("HIGH · &lt;!channel&gt; &amp; ")
+    assert header.endswith("… in checkout · Awaiting approval")
+    assert "<" not in header and not re.search(r"&[a-z]*…", header), "no entity is cut"
+
+
+def test_a_long_traceback_is_shortened_to_its_end() -> None:
+    frames = [f'  File "app/m{i}.py", line {i}, in f{i}\n    call{i}()' for i in range(20)]
+    traceback = "\n".join(["Traceback (most recent call last):", *frames, "KeyError: 'sku'"])
+
+    _, blocks = render_message(make_incident(), raw_error=traceback)
+
+    raw = blocks[2]["text"]["text"]
+    assert raw.startswith("```… 30 earlier lines\n") and raw.endswith("KeyError: 'sku'```")
+    assert "app/m19.py" in raw and "app/m13.py" not in raw
+    assert len(raw.splitlines()) == 13
 
 
 def test_buttons_and_the_reason_modal_carry_what_the_listener_needs() -> None:

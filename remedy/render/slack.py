@@ -1,17 +1,19 @@
-"""An incident's Slack message as Block Kit: the raw error first, then the incident's facts,
-with Approve and Reject buttons while a decision is pending; and its thread replies.
+"""An incident's Slack message as Block Kit: a header that says what and where (severity,
+error, service, phase in words), the incident's facts, the tail of the raw error, and Approve
+and Reject buttons while a decision is pending; and its thread replies.
 
 Pure: the `notify` activity sends what this returns, the click listener parses the buttons it
 made. Untrusted text (the error, model output, diffs, paths, commit subjects, reasons) goes
 through remedy.render.sanitize, which redacts and escapes it; every text object is `verbatim`,
 so Slack links and mentions nothing by itself, and the only links and mentions are Remedy's
-own (the Temporal UI, the pull request, the approvers).
+own (the Temporal UI, the pull request, the approvers). An approver is mentioned only when
+the id looks like a Slack user id; any other id (an email, a CLI name) is shown as text.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -26,17 +28,20 @@ from remedy.models import (
     VerificationResult,
 )
 from remedy.redact import redact_code, redact_diff, redact_text, redact_value
+from remedy.render.phases import Forge, phase_label
 from remedy.render.sanitize import slack_code, slack_escape, slack_quote, slack_text
 
 APPROVE_ACTION_ID = "remedy_approve"
 REJECT_ACTION_ID = "remedy_reject"
 DECISION_BLOCK_ID = "remedy_decision"
-REJECT_VIEW_ID = "remedy_reject_reason"
-REASON_INPUT_ID = "reason"
 
-# Slack rejects a section whose text exceeds 3000 characters; escaping can only grow text.
+# Slack rejects a section whose text exceeds 3000 characters and a header over 150;
+# escaping can only grow text.
 _SECTION_LIMIT = 2900
-_RAW_ERROR_LIMIT = 2400
+_HEADER_LIMIT = 150
+# The error's tail under the header: the innermost frames and the error line, not a page.
+_RAW_ERROR_LINES = 12
+_RAW_ERROR_LIMIT = 1500
 _DIFF_LIMIT = 2400
 _ENDED_WITH_REASON = (
     Phase.TRIAGED,
@@ -45,6 +50,9 @@ _ENDED_WITH_REASON = (
     Phase.RATE_LIMITED,
     Phase.EXPIRED,
 )
+
+# Slack user ids (U...) and Enterprise Grid ids (W...); anything else is not mentionable.
+_SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{6,}$")
 
 Blocks = list[dict[str, Any]]
 
@@ -109,13 +117,60 @@ def _link(url: str, label: str) -> str:
     return f"<{url.replace('|', '%7C').replace('>', '%3E')}|{escape(label)}>"
 
 
-def _mentions(user_ids: list[str]) -> str:
-    mentions = ", ".join(f"<@{slack_escape(user)}>" for user in user_ids)
+def mention(user: str, *, autolinked: bool = False) -> str:
+    """`<@user>` when `user` is a Slack user id, else the id as escaped text that pings nobody
+    (`autolinked`: for a plain message text, see remedy.render.sanitize.slack_text)."""
+    if _SLACK_USER_ID.match(user):
+        return f"<@{user}>"
+    return slack_text(user, autolinked=autolinked)
+
+
+def _mentions(user_ids: list[str], *, autolinked: bool = False) -> str:
+    mentions = ", ".join(mention(user, autolinked=autolinked) for user in user_ids)
     return mentions or "nobody (no approvers configured)"
 
 
-def _phase_label(phase: Phase) -> str:
-    return phase.value.replace("_", " ").capitalize()
+def _forge_of(incident: SlackIncident, forge: Forge) -> Forge:
+    """Where the change went: once proposed, the proposal says (a pull request URL or a
+    pushed branch); before that, the forge the incident started with."""
+    if incident.proposal is None:
+        return forge
+    return "github" if incident.proposal.pr_url else "local"
+
+
+def _phase(incident: SlackIncident, forge: Forge) -> str:
+    return phase_label(incident.phase, _forge_of(incident, forge))
+
+
+def _header(incident: SlackIncident, forge: Forge) -> dict[str, Any]:
+    """`HIGH · KeyError in checkout · Awaiting approval`, within Slack's 150 characters."""
+    before = f"{incident.severity.value.upper()} · "
+    after = f" in {incident.service} · {_phase(incident, forge)}"
+    return {
+        "type": "header",
+        "text": {
+            "type": "plain_text",
+            "text": _fit(before, incident.error_type, after, _HEADER_LIMIT),
+            "emoji": False,
+        },
+    }
+
+
+def _fit(before: str, untrusted: str, after: str, limit: int) -> str:
+    """`before + untrusted + after`, each escaped, the untrusted part cut (before escaping,
+    so no entity is split) to the longest prefix that lets the whole fit in `limit`."""
+
+    def joined(keep: int) -> str:
+        shown = untrusted if keep >= len(untrusted) else untrusted[:keep] + "…"
+        return slack_text(before) + slack_text(shown) + slack_text(after)
+
+    if len(joined(len(untrusted))) <= limit:
+        return joined(len(untrusted))
+    low, high = 0, len(untrusted)  # joined(low) fits (or nothing does), joined(high) does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if len(joined(middle)) <= limit else (low, middle)
+    return _clip(joined(low), limit)
 
 
 # ---------------------------------------------------------------------------- buttons
@@ -146,7 +201,7 @@ def decision_note(
     (`autolinked`: for a plain message text, see remedy.render.sanitize.slack_text)."""
     verb = "Approved" if decision == "approve" else "Rejected"
     why = f": {slack_text(reason, autolinked=autolinked)}" if reason else ""
-    return f"{verb} by <@{approver}>{why}"
+    return f"{verb} by {mention(approver, autolinked=autolinked)}{why}"
 
 
 def decided_blocks(blocks: Blocks, note: str) -> Blocks:
@@ -155,8 +210,13 @@ def decided_blocks(blocks: Blocks, note: str) -> Blocks:
     return [*kept, _section(note)]
 
 
-def _decision_buttons(incident_id: str, request_id: str) -> dict[str, Any]:
+def _decision_buttons(incident_id: str, request_id: str, forge: Forge) -> dict[str, Any]:
     value = button_value(incident_id, request_id)
+    outcome = (
+        "open a pull request with this change"
+        if forge == "github"
+        else "push this change as a branch to the repository's remote"
+    )
     return {
         "type": "actions",
         "block_id": DECISION_BLOCK_ID,
@@ -171,7 +231,7 @@ def _decision_buttons(incident_id: str, request_id: str) -> dict[str, Any]:
                     "title": {"type": "plain_text", "text": "Approve this fix?"},
                     "text": {
                         "type": "mrkdwn",
-                        "text": "Remedy will open a pull request with this change.",
+                        "text": f"Remedy will {outcome}.",
                     },
                     "confirm": {"type": "plain_text", "text": "Approve"},
                     "deny": {"type": "plain_text", "text": "Cancel"},
@@ -188,63 +248,15 @@ def _decision_buttons(incident_id: str, request_id: str) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class Rejection:
-    """A submitted reason modal: which decision it answers, on which message, and why."""
-
-    incident_id: str
-    request_id: str
-    channel: str
-    message_ts: str
-    reason: str
-
-
-def reason_modal(
-    incident_id: str, request_id: str, channel: str, message_ts: str
-) -> dict[str, Any]:
-    """The modal a Reject click opens; it remembers the click's message to update it after."""
-    origin = {"incident_id": incident_id, "request_id": request_id, "channel": channel}
-    return {
-        "type": "modal",
-        "callback_id": REJECT_VIEW_ID,
-        "private_metadata": json.dumps({**origin, "ts": message_ts}),
-        "title": {"type": "plain_text", "text": "Reject the fix"},
-        "submit": {"type": "plain_text", "text": "Reject"},
-        "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": [
-            {
-                "type": "input",
-                "block_id": REASON_INPUT_ID,
-                "label": {"type": "plain_text", "text": "Why? (kept with the incident)"},
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": REASON_INPUT_ID,
-                    "multiline": True,
-                    "max_length": 2000,
-                },
-            }
-        ],
-    }
-
-
-def parse_reason_modal(view: dict[str, Any]) -> Rejection:
-    """The Rejection a submitted `reason_modal` view carries."""
-    origin = json.loads(view["private_metadata"])
-    return Rejection(
-        incident_id=origin["incident_id"],
-        request_id=origin["request_id"],
-        channel=origin["channel"],
-        message_ts=origin["ts"],
-        reason=view["state"]["values"][REASON_INPUT_ID][REASON_INPUT_ID]["value"],
-    )
-
-
 # ---------------------------------------------------------------------------- the message
 
 
-def status_line(incident: SlackIncident, *, autolinked: bool = False) -> str:
-    """One line that says where the incident stands and who decided (`autolinked`: for a
-    plain message text, see remedy.render.sanitize.slack_text)."""
+def status_line(
+    incident: SlackIncident, *, forge: Forge = "local", autolinked: bool = False
+) -> str:
+    """One line that says where the incident stands and who decided (`forge`: where an
+    approved change goes; `autolinked`: for a plain message text, see
+    remedy.render.sanitize.slack_text)."""
     approval = incident.approval
     decision = approval.decision if approval else None
     decided = (
@@ -256,11 +268,12 @@ def status_line(incident: SlackIncident, *, autolinked: bool = False) -> str:
     match incident.phase:
         case Phase.AWAITING_APPROVAL if approval is not None:
             return (
-                f":hourglass: Waiting for approval from {_mentions(approval.approvers)} "
+                ":hourglass: Waiting for approval from "
+                f"{_mentions(approval.approvers, autolinked=autolinked)} "
                 f"until {_date(approval.expires_at)}"
             )
         case Phase.OPENING_PR:
-            return f":white_check_mark: {decided}; opening a pull request"
+            return f":white_check_mark: {decided}; {_phase(incident, forge).lower()}"
         case Phase.PR_OPENED:
             proposal = incident.proposal
             if proposal and proposal.pr_url:
@@ -268,7 +281,7 @@ def status_line(incident: SlackIncident, *, autolinked: bool = False) -> str:
             elif proposal:
                 where = f"branch `{slack_code(proposal.branch)}` pushed"
             else:
-                where = "change proposed"
+                where = _phase(incident, forge).lower()
             return f":white_check_mark: {decided}; {where}"
         case Phase.REJECTED:
             return f":no_entry: {decided or reason}"
@@ -277,17 +290,18 @@ def status_line(incident: SlackIncident, *, autolinked: bool = False) -> str:
                 f":zzz: Expired: no decision by {_date(approval.expires_at)}; nothing was changed"
             )
         case phase if phase in _ENDED_WITH_REASON:
-            return f"*{_phase_label(phase)}*: {reason}"
-        case phase:
-            return f":mag: {_phase_label(phase)}…"
+            return f"*{_phase(incident, forge)}*: {reason}"
+        case _:
+            return f":mag: {_phase(incident, forge)}…"
 
 
 def render_message(
-    incident: SlackIncident, raw_error: str = "", diff: str = ""
+    incident: SlackIncident, raw_error: str = "", diff: str = "", *, forge: Forge = "local"
 ) -> tuple[str, Blocks]:
-    """The incident's message, redacted: (notification text, blocks); `diff` is the patch."""
+    """The incident's message, redacted: (notification text, blocks); `diff` is the patch,
+    `forge` where an approved change goes (IncidentStart.forge)."""
     blocks: Blocks = [
-        _section(f"```{slack_code(_raw_error(incident, raw_error))}```"),
+        _header(incident, forge),
         {
             "type": "section",
             "fields": [
@@ -297,6 +311,7 @@ def render_message(
                 _mrkdwn(f"*Incident*\n`{slack_code(incident.incident_id)}`"),
             ],
         },
+        _section(f"```{slack_code(_raw_error(incident, raw_error))}```"),
     ]
     result = incident.diagnosis
     diagnosis = result.diagnosis if result else None
@@ -360,25 +375,29 @@ def render_message(
         links.append(f"Branch `{slack_code(incident.proposal.branch)}`")
     if links:
         blocks.append(_context(" · ".join(links)))
-    blocks.append(_section(status_line(incident)))
+    blocks.append(_section(status_line(incident, forge=forge)))
 
     approval = incident.approval
     if incident.phase == Phase.AWAITING_APPROVAL and approval and approval.decision is None:
-        blocks.append(_decision_buttons(incident.incident_id, approval.request_id))
+        blocks.append(_decision_buttons(incident.incident_id, approval.request_id, forge))
     # The notification text is not verbatim: Slack links and mentions what it finds there.
     text = (
         f"[{incident.severity.value}] {slack_text(incident.error_type, autolinked=True)} in "
-        f"{slack_text(incident.service)}: {incident.phase.value.replace('_', ' ')}"
+        f"{slack_text(incident.service)}: {_phase(incident, forge).lower()}"
     )
     return _clip(text, 300), _scrub(blocks)
 
 
 def _raw_error(incident: SlackIncident, raw_error: str) -> str:
+    """The error's last lines: the end of a traceback holds the innermost frame and the
+    error line; the whole text is in the Temporal UI and the incident's artifacts."""
     headline = f"{incident.error_type}: {incident.error_message}".rstrip(": ")
-    text = raw_error.strip() or headline
+    lines = (raw_error.strip() or headline).splitlines()
+    text = "\n".join(lines[-_RAW_ERROR_LINES:])
     if len(text) > _RAW_ERROR_LIMIT:
-        # The end of a traceback holds the innermost frame and the error line.
-        text = "…" + text[-_RAW_ERROR_LIMIT:]
+        text = text[-_RAW_ERROR_LIMIT:]
+    if len(lines) > _RAW_ERROR_LINES or len(text) < len("\n".join(lines)):
+        text = f"… {len(lines) - min(len(lines), _RAW_ERROR_LINES)} earlier lines\n{text}"
     if headline not in text:
         text = f"{headline}\n{text}"
     return text
@@ -421,12 +440,17 @@ def _evidence_lines(incident: SlackIncident) -> list[str]:
 # ---------------------------------------------------------------------------- the thread
 
 
-def detail_text(incident: SlackIncident, kind: Literal["update", "reminder"] = "update") -> str:
+def detail_text(
+    incident: SlackIncident,
+    kind: Literal["update", "reminder"] = "update",
+    *,
+    forge: Forge = "local",
+) -> str:
     """The thread reply, redacted, for one phase change (or the approval reminder)."""
     approval = incident.approval
     if kind == "reminder":
         expires = _date(approval.expires_at) if approval else "soon"
-        mentions = _mentions(approval.approvers) if approval else ""
+        mentions = _mentions(approval.approvers, autolinked=True) if approval else ""
         return redact_text(
             f"{mentions}: reminder, this fix is waiting for your decision; it expires {expires}."
         )
@@ -441,9 +465,9 @@ def detail_text(incident: SlackIncident, kind: Literal["update", "reminder"] = "
             if incident.verification is not None:
                 details.append(f"Verification {incident.verification.status}.")
             details.append(
-                f"Approval requested from {_mentions(approval.approvers)}; "
+                f"Approval requested from {_mentions(approval.approvers, autolinked=True)}; "
                 f"expires {_date(approval.expires_at)}."
             )
         case _:
-            details.append(status_line(incident, autolinked=True))
-    return redact_text(_clip("\n".join([f"*{_phase_label(incident.phase)}*", *details])))
+            details.append(status_line(incident, forge=forge, autolinked=True))
+    return redact_text(_clip("\n".join([f"*{_phase(incident, forge)}*", *details])))
