@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError
@@ -355,7 +356,12 @@ async def get_incident(incident_id: str, request: Request, config: ConfigDep) ->
         ) from None
     if status.service != service:
         raise _foreign(f"read incident {incident_id!r}")
-    return JSONResponse(status.model_dump(mode="json"))
+    from remedy.artifacts import ArtifactStore
+    from remedy.review import incident_json
+
+    # The same JSON as `remedy incidents show --json`: the status and the change it proposes.
+    store = ArtifactStore(config.artifacts_dir)
+    return JSONResponse(await asyncio.to_thread(incident_json, status, store))
 
 
 @router.get("/healthz", summary="Liveness")
@@ -429,7 +435,9 @@ def create_app(
             await app.state.builder.close()
             app.state.builder = None
 
-    app = FastAPI(
+    # FastAPIOffline: /docs (Swagger UI) and /redoc load their scripts and styles from the
+    # installed package under /static-offline-docs, so the docs work with no internet.
+    app = FastAPIOffline(
         title="Remedy intake",
         version="0.1.0",
         description="Errors in, incidents out. See DESIGN.md for the event schema.",
