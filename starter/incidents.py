@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from pydantic import BaseModel
-from temporalio.client import Client, WorkflowHandle
+from pydantic import BaseModel, Field
+from temporalio.client import (
+    Client,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from remedy import names
@@ -18,6 +24,12 @@ class IncidentNotFound(LookupError):
     pass
 
 
+# How long `list` waits for the incidents' status queries, all together; an incident that
+# has not answered by then (no worker for its queue) is listed from visibility alone.
+STATUS_WAIT = timedelta(seconds=5)
+_CONCURRENT_QUERIES = 8
+
+
 class IncidentSummary(BaseModel):
     incident_id: str
     workflow_id: str
@@ -25,6 +37,8 @@ class IncidentSummary(BaseModel):
     phase: str
     severity: str
     error_type: str
+    error_message: str = ""
+    culprit: str = Field(default="", description="The innermost located frame, path:line")
     occurrences: int
     started: datetime | None
     running: bool
@@ -105,14 +119,21 @@ async def list_incidents(
     *,
     service: str | None = None,
     phase: str | None = None,
+    severity: str | None = None,
     limit: int = 50,
 ) -> list[IncidentSummary]:
+    """Incidents from visibility, newest first, each completed from its `status` query
+    (the error message and frame are not search attributes; phase and occurrences there can
+    lag the workflow by seconds)."""
     clauses = ["WorkflowType = 'IncidentWorkflow'"]
     if service:
         clauses.append(f"{names.SA_SERVICE.name} = {_quote(service)}")
     if phase:
         clauses.append(f"{names.SA_PHASE.name} = {_quote(phase)}")
+    if severity:
+        clauses.append(f"{names.SA_SEVERITY.name} = {_quote(severity)}")
     found: list[IncidentSummary] = []
+    run_ids: list[str] = []
     async for execution in client.list_workflows(" AND ".join(clauses), limit=limit):
         attributes = execution.typed_search_attributes
         fingerprint = attributes.get(names.SA_FINGERPRINT) or ""
@@ -130,4 +151,43 @@ async def list_incidents(
                 running=execution.close_time is None,
             )
         )
+        run_ids.append(execution.run_id)
+    await _complete_from_status(client, found, run_ids)
     return found
+
+
+async def _complete_from_status(
+    client: Client, found: list[IncidentSummary], run_ids: list[str]
+) -> None:
+    """Fill in what only the status query knows, for the incidents that answer in time."""
+    gate = asyncio.Semaphore(_CONCURRENT_QUERIES)
+
+    async def complete(item: IncidentSummary, run_id: str) -> None:
+        handle = client.get_workflow_handle_for(
+            IncidentWorkflow.run, item.workflow_id, run_id=run_id
+        )
+        async with gate:
+            try:
+                status = await handle.query(IncidentWorkflow.status, rpc_timeout=STATUS_WAIT)
+            except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
+                return
+        item.phase, item.occurrences = status.phase.value, status.occurrences
+        item.error_message = status.error_message
+        frames = status.evidence.frames if status.evidence else []
+        if frames:
+            innermost = frames[0]
+            item.culprit = (
+                f"{innermost.path}:{innermost.line}" if innermost.line else innermost.path
+            )
+            if innermost.function:
+                item.culprit += f" in {innermost.function}"
+
+    tasks = [
+        asyncio.create_task(complete(item, run)) for item, run in zip(found, run_ids, strict=True)
+    ]
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=STATUS_WAIT.total_seconds())
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
