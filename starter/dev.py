@@ -1,5 +1,9 @@
 """`remedy dev`: the Temporal dev server (with its UI), a worker and the intake, as one tree.
 
+With [codec] enabled the tree also holds `remedy codec-server`, and the UI is started with
+`--ui-codec-endpoint` pointing at it: the UI shows incidents decrypted while the SQLite file
+holds ciphertext.
+
 The children run in their own sessions so that Ctrl-C reaches only this process, which
 then stops them in order — intake first (no new reports), worker next (running activities
 finish), Temporal last — and the SQLite file under the state directory keeps every
@@ -13,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ipaddress
 import os
 import signal
 import socket
@@ -30,6 +33,7 @@ import httpx
 
 from remedy import names
 from remedy.config import RemedyConfig, secret
+from starter.codec_server import codec_endpoint, is_loopback
 
 _SA_TYPES = {"KEYWORD": "Keyword", "INT": "Int"}
 
@@ -56,11 +60,7 @@ def default_demo_token(config: RemedyConfig) -> bool:
     demo = config.services.get("demo")
     if demo is None or demo.intake_token_env != DEMO_TOKEN_ENV or secret(DEMO_TOKEN_ENV):
         return False
-    try:
-        loopback = ipaddress.ip_address(config.intake.host).is_loopback
-    except ValueError:
-        loopback = config.intake.host == "localhost"
-    if not loopback:
+    if not is_loopback(config.intake.host):
         return False
     os.environ[DEMO_TOKEN_ENV] = DEMO_LOCAL_TOKEN
     return True
@@ -123,7 +123,8 @@ class Child:
 
 
 class DevStack:
-    """Starts and stops the three processes; usable from `remedy dev` and `remedy demo`."""
+    """Starts and stops the processes (Temporal, the codec server when [codec] is enabled,
+    the workers, the intake); usable from `remedy dev` and `remedy demo`."""
 
     def __init__(self, config: RemedyConfig, config_path: Path) -> None:
         self.config = config
@@ -165,40 +166,54 @@ class DevStack:
     def _remedy(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "starter.cli", *args, "--config", str(self.config_path)]
 
+    def temporal_argv(self) -> list[str]:
+        """`temporal server start-dev` as this stack runs it."""
+        config = self.config
+        host, port = _host_port(config.temporal.address)
+        argv = [
+            find_binary("temporal"),
+            "server",
+            "start-dev",
+            "--ip",
+            host,
+            "--port",
+            str(port),
+            "--ui-port",
+            str(config.temporal.dev_ui_port),
+            "--db-filename",
+            str(config.home_dir / config.temporal.dev_db),
+            "--namespace",
+            config.temporal.namespace,
+            "--log-level",
+            "warn",
+            *search_attribute_flags(),
+        ]
+        if config.codec.enabled:
+            # The browser calls it: the UI decodes through the codec server, never the server.
+            argv += ["--ui-codec-endpoint", codec_endpoint(config)]
+        return argv
+
     def start(self, timeout_s: float = 60.0) -> None:
         config = self.config
         host, port = _host_port(config.temporal.address)
-        for what, (h, p) in {
+        ports = {
             "Temporal": (host, port),
             "Temporal UI": (host, config.temporal.dev_ui_port),
             "intake": (config.intake.host, config.intake.port),
-        }.items():
+        }
+        codec_at = (config.codec.server_host, config.codec.server_port)
+        if config.codec.enabled:
+            ports["codec server"] = codec_at
+        for what, (h, p) in ports.items():
             if _port_in_use(h, p):
                 raise DevError(f"{what} port {h}:{p} is already in use (another `remedy dev`?)")
         config.home_dir.mkdir(parents=True, exist_ok=True)
-        self._spawn(
-            "temporal",
-            [
-                find_binary("temporal"),
-                "server",
-                "start-dev",
-                "--ip",
-                host,
-                "--port",
-                str(port),
-                "--ui-port",
-                str(config.temporal.dev_ui_port),
-                "--db-filename",
-                str(config.home_dir / config.temporal.dev_db),
-                "--namespace",
-                config.temporal.namespace,
-                "--log-level",
-                "warn",
-                *search_attribute_flags(),
-            ],
-        )
+        self._spawn("temporal", self.temporal_argv())
         deadline = time.monotonic() + timeout_s
         self._wait(lambda: _port_in_use(host, port), "Temporal", deadline)
+        if config.codec.enabled:
+            self._spawn("codec-server", self._remedy("codec-server"))
+            self._wait(lambda: _port_in_use(*codec_at), "codec server", deadline)
         self._spawn("worker", self._remedy("worker", "--role", "main"))
         self._spawn("index-worker", self._remedy("worker", "--role", "index"))
         self._spawn("intake", self._remedy("serve"))
@@ -229,7 +244,7 @@ class DevStack:
     def stop(self, timeout_s: float = 20.0) -> list[str]:
         """Stop every child, newest first; return what did not stop cleanly."""
         problems = []
-        # Reverse start order: intake, workers, then Temporal.
+        # Reverse start order: intake, workers, codec server, then Temporal.
         for child in reversed(self.children):
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
@@ -260,11 +275,24 @@ class DevStack:
                 f"  Temporal UI   http://{host}:{config.temporal.dev_ui_port}",
                 f"  Temporal      {host}:{port} (namespace {config.temporal.namespace})",
                 f"  Intake        {self.intake_url}/v1/errors   (API docs: {self.intake_url}/docs)",
+                *self._codec_lines(),
                 f"  State         {config.home_dir}",
                 f"  Logs          {self.logs}",
                 "Press Ctrl-C to stop.",
             ]
         )
+
+    def _codec_lines(self) -> list[str]:
+        codec = self.config.codec
+        if not codec.enabled:
+            return []
+        lines = [f"  Codec server  {codec_endpoint(self.config)}   (history is encrypted)"]
+        if secret(codec.server_token_env):
+            lines.append(
+                f"  note: {codec.server_token_env} is set; the dev UI sends no token, so it "
+                "shows payloads encrypted (unset it for `remedy dev`)"
+            )
+        return lines
 
 
 def run_dev(config: RemedyConfig, config_path: Path) -> int:
