@@ -8,6 +8,10 @@ through remedy.render.sanitize, which redacts and escapes it; every text object 
 so Slack links and mentions nothing by itself, and the only links and mentions are Remedy's
 own (the Temporal UI, the pull request, the approvers). An approver is mentioned only when
 the id looks like a Slack user id; any other id (an email, a CLI name) is shown as text.
+
+It runs a little past 450 lines: the message, its buttons and its thread replies share one
+set of text pieces (escaping, clipping, mentions, phase words); the Reject modal, a view
+rather than a message, is remedy.render.slack_modal.
 """
 
 from __future__ import annotations
