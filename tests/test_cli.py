@@ -119,6 +119,7 @@ async def test_list_show_refuse_then_approve(
 
     approved = await remedy("approve", status.incident_id, "--as", APPROVER, *config)
     assert approved.exit_code == 0, approved.output
+    assert approved.output == f"approved {status.incident_id} as {APPROVER}\n"
     final = await finished(handle)
     assert final.phase == Phase.PR_OPENED
     assert fakes.calls["propose_change"] == 1
@@ -136,6 +137,7 @@ async def test_reject_needs_a_reason_and_records_it(
         "reject", status.incident_id, "--as", APPROVER, "--reason", "fix belongs upstream", *config
     )
     assert rejected.exit_code == 0, rejected.output
+    assert rejected.output == f"rejected {status.incident_id} as {APPROVER}\n"
     final = await finished(handle)
     assert final.phase == Phase.REJECTED and "fix belongs upstream" in (final.reason or "")
 

@@ -17,6 +17,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,13 @@ from typer.testing import CliRunner, Result
 
 from remedy.artifacts import ArtifactStore
 from remedy.config import load_config
-from remedy.models import IncidentStatus, Phase
+from remedy.models import IncidentStatus, PatchResult, Phase, Severity, VerificationResult
+from remedy.render.terminal import render_incident_list, render_status
+from remedy.review import review_of
 from starter.app import create_app
 from starter.cli import app as cli
 from starter.cli_approval import APPROVER_TOKEN_ENV, hash_credential
+from starter.incidents import IncidentSummary
 from starter.reporter import TemporalReporter
 from tests.fakes.llm_double import instant_llm
 from tests.fakes.ollama_server import OllamaServer
@@ -302,3 +306,69 @@ def test_help_shows_every_bracketed_word() -> None:
             for sub in command.commands.values():
                 assert " ".join(sub.get_short_help_str(sys.maxsize).split()) in shown, sub.name
     assert checked >= 2  # [temporal] in `worker`, [services.<name>...] in `approver-hash`
+
+
+def _status(**fields: Any) -> IncidentStatus:
+    seen = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+    base: dict[str, Any] = {
+        "incident_id": "shop-0123456789abcdef-01234567",
+        "workflow_id": "incident-shop-0123456789abcdef",
+        "service": "shop",
+        "fingerprint": "0123456789abcdef",
+        "phase": Phase.AWAITING_APPROVAL,
+        "severity": Severity.HIGH,
+        "error_type": "KeyError",
+        "error_message": "'sku'",
+        "occurrences": 1,
+        "first_seen": seen,
+        "last_seen": seen,
+    }
+    return IncidentStatus(**(base | fields))
+
+
+def test_review_text_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    hostile = "+x = 1  # \x1b[2J\x1b]0;owned\x07 \u202eevil [bold]kept[/bold]\r-hidden\n"
+    diff = store.put_text("shop-0123456789abcdef-01234567/patch.diff", hostile)
+    status = _status(
+        error_message="'sku' \x1b[31mred\x1b[0m",
+        patch=PatchResult(applied=True, files=["app/cart.py"], diff=diff),
+    )
+    text = render_status(status, review_of(status, store))
+    assert "\x1b" not in text and "\u202e" not in text and "\r" not in text and "\x07" not in text
+    assert "[U+001B][2J" in text and "[U+202E]evil" in text and "[U+000D]-hidden" in text
+    assert "[bold]kept[/bold]" in text
+    assert "'sku' [U+001B][31mred" in text
+
+    listed = IncidentSummary(
+        incident_id="a-very-long-service-name-for-sure-0123456789abcdef-01234567",
+        workflow_id="incident-x",
+        service="a-very-long-service-name-for-sure",
+        phase="awaiting_approval",
+        severity="high",
+        error_type="KeyError",
+        error_message="\x1b[2J" + "x" * 200,
+        occurrences=3,
+        started=None,
+        running=True,
+    )
+    lines = render_incident_list([listed], width=60).splitlines()
+    assert lines[0] == listed.incident_id  # too long for the phase beside it; never cut
+    assert lines[1].startswith("  KeyError: [U+001B][2Jxxx") and lines[1].endswith("…")
+    assert all(len(line) <= 60 for line in lines[1:]) and "awaiting_approval" in lines[2]
+
+
+def test_review_says_what_is_missing(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    assert review_of(_status(), store).diff.missing == "no patch (phase awaiting_approval)"
+    refused = _status(patch=PatchResult(applied=False, reason="search text not found"))
+    assert review_of(refused, store).diff.missing == "no patch: search text not found"
+    diff = store.put_text("shop-0123456789abcdef-01234567/patch.diff", "+fixed\n")
+    store.path_of(diff).write_text("+something else\n")
+    changed = review_of(_status(patch=PatchResult(applied=True, diff=diff)), store)
+    assert changed.diff.text is None and "changed after the incident stored it" in (
+        changed.diff.missing or ""
+    )
+    review = review_of(_status(verification=VerificationResult(status="skipped")), store)
+    assert review.regression_test.missing == "no regression test ran with the verification"
+    assert review.verification_output == [] and review.source.missing == "no evidence yet"
