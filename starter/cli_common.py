@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from remedy.config import DEFAULT_CONFIG_PATH, ConfigError, RemedyConfig, load_config
 
@@ -52,3 +54,18 @@ def run_with_temporal(config: RemedyConfig, work: Callable[[Client], Awaitable[T
         raise fail(cli_message(exc)) from None
     except RPCError as exc:
         raise fail(f"Temporal at {address_of(config)} refused the call: {exc.message}") from None
+
+
+class WholeHelpGroup(TyperGroup):
+    """Lists each command with its whole first sentence, wrapped, never cut to '...'."""
+
+    # Any: typer vendors click (typer._click) and keeps its types private.
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = [
+            (name, command.get_short_help_str(limit=sys.maxsize))
+            for name in self.list_commands(ctx)
+            if (command := self.get_command(ctx, name)) is not None and not command.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
