@@ -113,7 +113,11 @@ async def setup(
     config = load_config(path)
     codec_client = await reach(Client.connect, config)  # as the intake and the worker connect
     encrypted_id = await _run_incident(codec_client, "shop")
-    control_id = await _run_incident(temporal_env.client, "plainshop")
+    # The control is plain whatever REMEDY_CODEC__* the run has.
+    plain_client = await Client.connect(
+        address, namespace=namespace, data_converter=pydantic_data_converter
+    )
+    control_id = await _run_incident(plain_client, "plainshop")
     yield Setup(config, path, address, namespace, encrypted_id, control_id, codec_client)
 
 
