@@ -53,7 +53,7 @@ TOOL_LOCK_TIMEOUT_S = 2.0
 # A live incident must not queue behind a long index run (`remedy index` of a big repository,
 # another incident's first index): after this long it goes on without the index, and says
 # who held it. Short runs (an incremental index, a search) take well under this.
-INCIDENT_LOCK_TIMEOUT_S = 15.0
+INCIDENT_LOCK_TIMEOUT_S = 5.0
 
 
 def _failure(exc: GitError | StoreError, what: str) -> ApplicationError:

@@ -141,6 +141,15 @@ class ServicePolicy(BaseModel):
     )
 
 
+class Recurrence(BaseModel):
+    """The incident a recurrence run follows: it reached its outcome (and closed) less than a
+    quiet window before the error was reported again."""
+
+    incident_id: str
+    phase: Phase
+    occurrences: int = Field(ge=0)
+
+
 class IncidentStart(BaseModel):
     service: str
     fingerprint: str
@@ -156,6 +165,10 @@ class IncidentStart(BaseModel):
     )
     ui_base_url: str = Field(
         default="", description="Temporal UI base, e.g. http://127.0.0.1:8233/namespaces/default"
+    )
+    recurrence_of: Recurrence | None = Field(
+        default=None,
+        description="Set on a run that only counts reports of an incident already closed",
     )
 
 
@@ -364,6 +377,9 @@ class IncidentStatus(BaseModel):
     llm_tokens: int = Field(default=0, description="Tokens spent on this incident, all calls")
     llm_cost_usd: float = Field(default=0.0, description="Estimated cost of those tokens")
     ui_url: str = ""
+    recurrence_of: str | None = Field(
+        default=None, description="The closed incident this run counts recurrences of"
+    )
     history: list[PhaseChange] = Field(default_factory=list)
 
     def digest(self, *, with_change: bool = False) -> IncidentStatus:

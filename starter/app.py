@@ -44,6 +44,8 @@ from starter.slack import mount_slack
 from starter.temporal_client import connect_in_background
 
 log = logging.getLogger(__name__)
+# How long a report may wait for Temporal before the sender is told to retry.
+REPORT_DEADLINE_S = 5.0
 
 
 class HTTPProblem(Exception):
@@ -265,9 +267,19 @@ async def incident_start(request: Request, event: ErrorEvent, size: int) -> Inci
 
 
 async def report_start(reporter: Reporter, start: IncidentStart) -> IntakeResponse:
-    """Open or join the incident; Temporal out of reach is a 503 the sender retries."""
+    """Open or join the incident; Temporal out of reach is a 503 the sender retries, within
+    REPORT_DEADLINE_S (the client library would retry an unreachable server for longer than
+    a sender waits)."""
     try:
-        return await reporter.report(start)
+        return await asyncio.wait_for(reporter.report(start), REPORT_DEADLINE_S)
+    except TimeoutError:
+        log.warning("Temporal did not take %s/%s in time", start.service, start.fingerprint)
+        raise HTTPProblem(
+            503,
+            f"Temporal did not answer within {REPORT_DEADLINE_S:.0f}s; the report was not "
+            "recorded, retry",
+            headers={"Retry-After": "2"},
+        ) from None
     except Exception:
         log.exception("could not hand %s/%s to Temporal", start.service, start.fingerprint)
         raise HTTPProblem(

@@ -15,20 +15,28 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from remedy import names
-from remedy.models import IncidentStart, IntakeResponse, OccurrenceSignal
+from remedy.models import IncidentStart, IntakeResponse, OccurrenceSignal, Phase, Recurrence
+from remedy.render import temporal_ui
 from workflows.incident import IncidentWorkflow
 
 log = logging.getLogger(__name__)
 
 _IDLE_EVICT_S = 600.0
+# Each call to a server that accepts the connection but does not answer gives up after this
+# (an unreachable one is retried by the client library: the intake bounds the whole report).
+_RPC_TIMEOUT = timedelta(seconds=3)
+# A recurrence run's memo names the incident it counts for, so every intake replica that
+# adopts the run answers with that incident's id.
+_MEMO_RECURRENCE_OF = "recurrence_of"
 _RETRY_DELAY_MAX_S = 10.0
 
 
@@ -78,7 +86,9 @@ class TemporalReporter:
                 if incident is None:
                     incident, started = await self._open_incident(workflow_id, start, count=1)
                     if started:
-                        return self._response(incident, deduplicated=False)
+                        # A recurrence run counts for the incident it follows.
+                        recurring = incident.start.recurrence_of is not None
+                        return self._response(incident, deduplicated=recurring)
                     incident.pending += 1
                     self._schedule_flush(incident)
                     return self._response(incident, deduplicated=True)
@@ -121,7 +131,14 @@ class TemporalReporter:
     async def _open_incident(
         self, workflow_id: str, start: IncidentStart, *, count: int
     ) -> tuple[_OpenIncident, bool]:
-        """Start the incident, or adopt the one already open. Returns (incident, started)."""
+        """Start the incident, or adopt the one already open. Returns (incident, started):
+        `started` when the run began with `count` in it.
+
+        A fingerprint Temporal already holds a run for is looked at first: a running one is
+        adopted; one that closed at its outcome less than a quiet window ago gets a
+        recurrence run that counts the new reports (the report is a duplicate of it); an
+        older one is followed by a new incident.
+        """
         start = start.model_copy(
             update={
                 "occurrences": count,
@@ -130,33 +147,78 @@ class TemporalReporter:
             }
         )
         try:
-            self.temporal_calls += 1
-            handle = await self._client.start_workflow(
-                IncidentWorkflow.run,
-                start,
-                id=workflow_id,
-                task_queue=self._task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                search_attributes=_initial_search_attributes(start, count),
-            )
+            return await self._start(workflow_id, start, WorkflowIDReusePolicy.REJECT_DUPLICATE)
         except WorkflowAlreadyStartedError:
-            existing = self._client.get_workflow_handle(workflow_id)
-            self.temporal_calls += 1
-            description = await existing.describe()
-            known = description.typed_search_attributes.get(names.SA_OCCURRENCES) or 0
-            incident = self._track(workflow_id, description.run_id, start, confirmed=known)
-            return incident, False
+            pass
+        existing = self._client.get_workflow_handle(workflow_id)
+        self.temporal_calls += 1
+        description = await existing.describe(rpc_timeout=_RPC_TIMEOUT)
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            recurrence = await _recurrence(description, start)
+            if recurrence is not None:
+                start = start.model_copy(
+                    update={
+                        "recurrence_of": recurrence,
+                        "occurrences": recurrence.occurrences + count,
+                    }
+                )
+            try:
+                return await self._start(workflow_id, start, WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+            except WorkflowAlreadyStartedError:  # another intake started it first
+                self.temporal_calls += 1
+                description = await existing.describe(rpc_timeout=_RPC_TIMEOUT)
+        known = description.typed_search_attributes.get(names.SA_OCCURRENCES) or 0
+        counted_for = await description.memo_value(_MEMO_RECURRENCE_OF, default="")
+        incident = self._track(
+            workflow_id, description.run_id, start, confirmed=known, incident_id=counted_for
+        )
+        return incident, False
+
+    async def _start(
+        self, workflow_id: str, start: IncidentStart, reuse: WorkflowIDReusePolicy
+    ) -> tuple[_OpenIncident, bool]:
+        self.temporal_calls += 1
+        handle = await self._client.start_workflow(
+            IncidentWorkflow.run,
+            start,
+            id=workflow_id,
+            task_queue=self._task_queue,
+            id_reuse_policy=reuse,
+            search_attributes=_initial_search_attributes(start, start.occurrences),
+            # What the Temporal UI's list and detail page show for the incident.
+            static_summary=temporal_ui.incident_summary(start),
+            static_details=temporal_ui.incident_details(start),
+            memo={
+                _MEMO_RECURRENCE_OF: start.recurrence_of.incident_id if start.recurrence_of else ""
+            },
+        )
         self.workflows_started += 1
         assert handle.result_run_id is not None
-        return self._track(workflow_id, handle.result_run_id, start, confirmed=count), True
+        counted_for = start.recurrence_of.incident_id if start.recurrence_of else ""
+        incident = self._track(
+            workflow_id,
+            handle.result_run_id,
+            start,
+            confirmed=start.occurrences,
+            incident_id=counted_for,
+        )
+        return incident, True
 
     def _track(
-        self, workflow_id: str, run_id: str, start: IncidentStart, *, confirmed: int
+        self,
+        workflow_id: str,
+        run_id: str,
+        start: IncidentStart,
+        *,
+        confirmed: int,
+        incident_id: str = "",
     ) -> _OpenIncident:
+        """Remember the open run; `incident_id` when it counts for an earlier incident."""
         incident = _OpenIncident(
             workflow_id=workflow_id,
             run_id=run_id,
-            incident_id=names.incident_id_for(start.service, start.fingerprint, run_id),
+            incident_id=incident_id
+            or names.incident_id_for(start.service, start.fingerprint, run_id),
             start=start,
             confirmed=confirmed,
         )
@@ -195,7 +257,9 @@ class TemporalReporter:
         )
         try:
             self.temporal_calls += 1
-            await handle.signal(IncidentWorkflow.occurrence, OccurrenceSignal(count=count))
+            await handle.signal(
+                IncidentWorkflow.occurrence, OccurrenceSignal(count=count), rpc_timeout=_RPC_TIMEOUT
+            )
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
@@ -227,12 +291,35 @@ class TemporalReporter:
                 self._schedule_flush(successor)
 
 
+async def _recurrence(
+    description: WorkflowExecutionDescription, start: IncidentStart
+) -> Recurrence | None:
+    """The closed run the new reports recur after, if it closed at its outcome less than the
+    service's quiet window ago. A recurrence run closes only once a quiet window has passed,
+    so what follows it is a new incident."""
+    if await description.memo_value(_MEMO_RECURRENCE_OF, default=""):
+        return None
+    closed = description.close_time
+    quiet = timedelta(seconds=start.policy.quiet_window_s)
+    if closed is None or datetime.now(UTC) - closed >= quiet:
+        return None
+    attributes = description.typed_search_attributes
+    return Recurrence(
+        incident_id=names.incident_id_for(start.service, start.fingerprint, description.run_id),
+        phase=Phase(attributes.get(names.SA_PHASE) or Phase.FAILED.value),
+        occurrences=attributes.get(names.SA_OCCURRENCES) or 0,
+    )
+
+
 def _initial_search_attributes(start: IncidentStart, count: int) -> TypedSearchAttributes:
     # Set at start so the incident is filterable in the UI before its first workflow task.
     return TypedSearchAttributes(
         [
             SearchAttributePair(names.SA_SERVICE, start.service),
-            SearchAttributePair(names.SA_PHASE, "received"),
+            SearchAttributePair(
+                names.SA_PHASE,
+                start.recurrence_of.phase.value if start.recurrence_of else Phase.RECEIVED.value,
+            ),
             SearchAttributePair(names.SA_SEVERITY, start.severity.value),
             SearchAttributePair(names.SA_ERROR_TYPE, start.event.error.type),
             SearchAttributePair(names.SA_FINGERPRINT, start.fingerprint),

@@ -10,16 +10,18 @@ overwriting old ones (name them for the change).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import uuid
 from pathlib import Path
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from remedy import names
-from remedy.models import DecideRequest, OccurrenceSignal, Phase
+from remedy.models import DecideRequest, OccurrenceSignal, Phase, Recurrence
 from remedy.temporal import data_converter
 from tests.conftest import TEMPORAL
 from tests.workflow_harness import (
@@ -35,14 +37,26 @@ from workflows.incident import IncidentWorkflow
 HISTORIES = Path(__file__).parent / "histories"
 
 
+SCENARIOS = ("triaged", "approved", "rejected", "failed", "recurrence")
+
+
 async def _record(client: Client, name: str, scenario: str) -> None:
-    fakes = FakeActivities(diagnosis=None if scenario == "triaged" else fix_diagnosis())
+    triaged = scenario in {"triaged", "recurrence"}
+    fakes = FakeActivities(diagnosis=None if triaged else fix_diagnosis())
+    start = make_start()
+    if scenario == "failed":
+        fakes.sync_error = ApplicationError(
+            "commit 0000000 not found in shop", type="CommitNotFound", non_retryable=True
+        )
+    if scenario == "recurrence":
+        earlier = Recurrence(incident_id="shop-0123-earlier", phase=Phase.TRIAGED, occurrences=2)
+        start = start.model_copy(update={"recurrence_of": earlier, "occurrences": 3})
     queue = f"record-{uuid.uuid4()}"
     async with Worker(
         client, task_queue=queue, workflows=[IncidentWorkflow], activities=fakes.all()
     ):
-        handle = await start_incident(client, queue, make_start())
-        if scenario != "triaged":
+        handle = await start_incident(client, queue, start)
+        if scenario not in {"triaged", "failed", "recurrence"}:
             status = await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
             await handle.signal(IncidentWorkflow.occurrence, OccurrenceSignal(count=3))
             assert status.approval is not None
@@ -55,7 +69,8 @@ async def _record(client: Client, name: str, scenario: str) -> None:
                     reason=None if scenario == "approved" else "not this way",
                 ),
             )
-        await handle.result()
+        with contextlib.suppress(WorkflowFailureError):  # a failed incident's run fails
+            await handle.result()
         history = await handle.fetch_history()
     (HISTORIES / f"{name}.json").write_text(history.to_json())
     print(f"recorded {name}.json ({len(history.events)} events)")
@@ -68,7 +83,7 @@ async def main(suffix: str) -> None:
         data_converter=data_converter(),
     )
     try:
-        for scenario in ("triaged", "approved", "rejected"):
+        for scenario in SCENARIOS:
             await _record(env.client, f"incident_{scenario}{suffix}", scenario)
     finally:
         await env.shutdown()

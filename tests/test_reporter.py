@@ -114,3 +114,45 @@ async def test_reports_after_an_incident_closed_open_the_next_one(
         return (await earlier.query(IncidentWorkflow.status)).incident_id == first.incident_id
 
     await eventually(closed_found)
+
+
+async def test_reports_after_the_outcome_count_for_the_closed_incident(
+    client: Client, task_queue: str
+) -> None:
+    start = make_start(quiet_window_s=600)
+    reporter = reporter_for(client, task_queue)
+    first = await reporter.report(start)
+    latest = client.get_workflow_handle_for(IncidentWorkflow.run, first.workflow_id)
+    assert (await finished(latest)).phase == Phase.TRIAGED
+    closed_run = (await latest.describe()).run_id
+
+    # Within the quiet window the error keeps coming: still the same incident, counted.
+    replies = await asyncio.gather(*(reporter.report(start) for _ in range(30)))
+    await reporter.close()
+    assert all(r.deduplicated and r.incident_id == first.incident_id for r in replies)
+    assert max(r.occurrences for r in replies) == 31
+    assert reporter.workflows_started == 2
+
+    recurrence = client.get_workflow_handle_for(IncidentWorkflow.run, first.workflow_id)
+
+    async def counted() -> bool:
+        return (await recurrence.query(IncidentWorkflow.status)).occurrences == 31
+
+    await eventually(counted)
+    status = await recurrence.query(IncidentWorkflow.status)
+    assert (status.recurrence_of, status.phase) == (first.incident_id, Phase.TRIAGED)
+    # The closed run stays closed, the way the UI lists it; only the recurrence runs.
+    closed = client.get_workflow_handle(first.workflow_id, run_id=closed_run)
+    assert (await closed.describe()).status.name == "COMPLETED"  # type: ignore[union-attr]
+
+    # Another intake replica joins the recurrence and answers with the same incident.
+    replica = reporter_for(client, task_queue)
+    again = await replica.report(start)
+    await replica.close()
+    assert (again.deduplicated, again.incident_id, again.occurrences) == (
+        True,
+        first.incident_id,
+        32,
+    )
+    assert replica.workflows_started == 0
+    await recurrence.terminate("test done")

@@ -138,15 +138,18 @@ async def test_the_python_sdk_reports_chains_messages_logs_and_fingerprints(
 
 
 class Tee:
-    """The real reporter, noting each fingerprint it is handed."""
+    """The real reporter, noting each fingerprint it is handed and each incident it answers."""
 
     def __init__(self, inner: TemporalReporter) -> None:
         self.inner = inner
         self.fingerprints: set[str] = set()
+        self.incidents: set[str] = set()
 
     async def report(self, start: IncidentStart) -> IntakeResponse:
         self.fingerprints.add(start.fingerprint)
-        return await self.inner.report(start)
+        reply = await self.inner.report(start)
+        self.incidents.add(reply.incident_id)
+        return reply
 
 
 async def test_a_python_storm_is_one_incident_with_an_exact_count(
@@ -163,7 +166,10 @@ async def test_a_python_storm_is_one_incident_with_an_exact_count(
     async with worker, serving(create_app(config, reporter=tee, client=client)) as url:
         await run_app(*python_app("sentry_python_app.py", dsn(config, url), "storm", "60"))
         await reporter.close()
-        assert reporter.workflows_started == 1
+        # One incident: its run may close at its outcome mid-storm, and a recurrence run
+        # then counts the rest for it.
+        assert len(tee.incidents) == 1
+        assert reporter.workflows_started <= 2
         assert reporter.temporal_calls <= 30
         [fingerprint] = tee.fingerprints
         workflow_id = names.workflow_id_for("shop", fingerprint)

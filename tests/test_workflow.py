@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from remedy import names
-from remedy.models import DecideRequest, Edit, NotifyRequest, OccurrenceSignal, Phase
+from remedy.models import DecideRequest, Edit, NotifyRequest, Phase
 from tests.workflow_harness import (
     APPROVER,
     FakeActivities,
@@ -191,10 +192,14 @@ async def test_permanent_activity_error_fails_the_incident_with_its_reason(
     fakes.sync_error = ApplicationError(
         "commit 0000000 not found in shop", type="CommitNotFound", non_retryable=True
     )
-    final = await finished(await start_incident(client, task_queue, make_start()))
+    handle = await start_incident(client, task_queue, make_start())
+    final = await finished(handle)
     assert final.phase == Phase.FAILED
     assert final.reason is not None and "commit 0000000 not found" in final.reason
     assert fakes.calls["sync_repo"] == 1
+    # The Temporal UI lists the incident under Failed, with the reason as the failure.
+    description = await handle.describe()
+    assert description.status is not None and description.status.name == "FAILED"
 
 
 async def test_below_the_bar_is_notified_only(
@@ -206,21 +211,25 @@ async def test_below_the_bar_is_notified_only(
     assert fakes.notifications == [("update", Phase.NOTIFIED)]
 
 
-async def test_occurrences_count_while_open_and_after_the_outcome(
+async def test_the_run_closes_at_the_outcome_and_the_ui_shows_it(
     client: Client, task_queue: str, fakes: FakeActivities
 ) -> None:
     handle = await start_incident(client, task_queue, make_start(quiet_window_s=600))
-    await wait_for_phase(handle, Phase.TRIAGED)
-    for count in (5, 7):
-        await handle.signal(IncidentWorkflow.occurrence, OccurrenceSignal(count=count))
+    final = await finished(handle)
+    assert final.phase == Phase.TRIAGED
 
-    async def counted() -> bool:
-        return (await handle.query(IncidentWorkflow.status)).occurrences == 13
-
-    await eventually(counted)
     description = await handle.describe()
-    assert description.status is not None and description.status.name == "RUNNING"
-    await handle.terminate("test done")
+    assert description.status is not None and description.status.name == "COMPLETED"
+    # What the UI's detail page shows: the current details and a summary on each step.
+    details = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    assert "**Triaged** · 1 occurrence" in details.current_details
+    history = await handle.fetch_history()
+    summaries = [
+        await client.data_converter.decode([e.user_metadata.summary])
+        for e in history.events
+        if e.HasField("user_metadata") and e.user_metadata.HasField("summary")
+    ]
+    assert [s[0] for s in summaries][:1] == ["sync_repo · KeyError in shop"]
 
 
 async def test_approval_expires_on_the_time_skipping_server(

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from remedy import names
@@ -250,9 +250,15 @@ async def finished(
     handle: WorkflowHandle[IncidentWorkflow, IncidentStatus], timeout_s: float = 30.0
 ) -> IncidentStatus:
     """The incident's final status; an incident still running after `timeout_s` fails the
-    test with the phase it is stuck in (a broken rule shows up as a message, not a hang)."""
+    test with the phase it is stuck in (a broken rule shows up as a message, not a hang).
+    A `failed` incident's run fails (the UI lists it under Failed): its status comes from the
+    status query, which a closed run still answers."""
     try:
         return await asyncio.wait_for(handle.result(), timeout_s)
+    except WorkflowFailureError as failure:
+        status = await handle.query(IncidentWorkflow.status)
+        assert status.phase == Phase.FAILED, f"the run failed in phase {status.phase}: {failure}"
+        return status
     except TimeoutError:
         status = await handle.query(IncidentWorkflow.status)
         raise AssertionError(

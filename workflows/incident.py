@@ -54,19 +54,26 @@ with workflow.unsafe.imports_passed_through():
         SyncRequest,
         VerifyRequest,
     )
+    from remedy.render import temporal_ui
 
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
 
-# Every activity heartbeats while it runs (activities.progress.LivenessInterceptor), so a
-# worker that dies is noticed in seconds and the activity retried on a live one.
-_ALIVE = timedelta(seconds=20)
+# Every activity heartbeats while it runs (activities.progress.LivenessInterceptor, every 3 s),
+# so a worker that dies is noticed in seconds and the activity retried on a live one: three
+# missed beats, which bench/crash.py measures as the bulk of the recovery after a kill.
+_ALIVE = timedelta(seconds=10)
 
 # The scope check gained the execution-sensitive list and case-insensitive forbidden paths.
 _PATCH_EXECUTION_SENSITIVE_SCOPE = "execution-sensitive-scope"
 
 # Search attributes are sent when they change, not all six on every phase.
 _PATCH_CHANGED_SEARCH_ATTRIBUTES = "upsert-changed-search-attributes"
+
+# An incident's run closes at its outcome, so the UI lists it as finished (a failed one as
+# Failed); reports within the quiet window after that go to a recurrence run
+# (IncidentStart.recurrence_of, started by the intake) instead of keeping this run open.
+_PATCH_CLOSE_AT_OUTCOME = "close-at-outcome"
 
 _DEFAULT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
@@ -113,6 +120,13 @@ class IncidentWorkflow:
             ui_url=ui_url,
             history=[PhaseChange(phase=Phase.RECEIVED, at=now)],
         )
+        if start.recurrence_of is not None:
+            earlier = start.recurrence_of
+            self._status.recurrence_of = earlier.incident_id
+            self._status.phase = earlier.phase
+            self._status.reason = f"recurring after {earlier.incident_id} ended {earlier.phase}"
+            self._status.history = [PhaseChange(phase=earlier.phase, at=now)]
+        self._show_details()
 
     # ------------------------------------------------------------------ messages
 
@@ -127,6 +141,7 @@ class IncidentWorkflow:
         workflow.upsert_search_attributes(
             [names.SA_OCCURRENCES.value_set(self._status.occurrences)]
         )
+        self._show_details()
 
     @workflow.update(name="decide")
     def decide(self, request: DecideRequest) -> DecideResult:
@@ -153,6 +168,12 @@ class IncidentWorkflow:
     @workflow.run
     async def run(self, start: IncidentStart) -> IncidentStatus:
         self._upsert_search_attributes()
+        if start.recurrence_of is not None:
+            # The incident already reached its outcome: this run only counts the reports
+            # that keep coming, until a quiet window passes.
+            await self._absorb_until_quiet()
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            return self._status
         if start.notify_only:
             self._finish(Phase.NOTIFIED, f"severity {start.severity} is below the remediation bar")
         else:
@@ -163,6 +184,14 @@ class IncidentWorkflow:
                 self._finish(Phase.FAILED, f"{err.activity_type or 'activity'} failed: {cause}")
         await self._notify()
         await self._remember()
+        if workflow.patched(_PATCH_CLOSE_AT_OUTCOME):
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            if self._status.phase == Phase.FAILED:
+                # Listed under Failed in the Temporal UI; the status query still answers.
+                raise ApplicationError(
+                    self._status.reason or "failed", type="IncidentFailed", non_retryable=True
+                )
+            return self._status
         await self._absorb_until_quiet()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._status
@@ -344,7 +373,9 @@ class IncidentWorkflow:
         for stage in ("reminder", "expiry"):
             try:
                 await workflow.wait_condition(
-                    lambda: approval.decision is not None, timeout=timeout / 2
+                    lambda: approval.decision is not None,
+                    timeout=timeout / 2,
+                    timeout_summary=temporal_ui.wait_summary(f"approval {stage}", timeout / 2),
                 )
                 return approval.decision
             except TimeoutError:
@@ -353,11 +384,11 @@ class IncidentWorkflow:
         return None
 
     async def _absorb_until_quiet(self) -> None:
-        """Keep counting duplicates after the outcome so a storm stays one incident.
+        """Keep counting duplicates so a storm stays one incident.
 
-        The incident closes only after `quiet_window_s` without an occurrence, or when history
+        The run closes only after `quiet_window_s` without an occurrence, or when history
         grows large enough that Temporal suggests a new run; the next report then opens a new
-        incident.
+        incident. (Runs started before close-at-outcome wait here after their outcome too.)
         """
         quiet = timedelta(seconds=self._start.policy.quiet_window_s)
         while quiet > timedelta(0):
@@ -370,7 +401,11 @@ class IncidentWorkflow:
                 )
 
             try:
-                await workflow.wait_condition(new_occurrence_or_full, timeout=quiet)
+                await workflow.wait_condition(
+                    new_occurrence_or_full,
+                    timeout=quiet,
+                    timeout_summary=temporal_ui.wait_summary("closing when quiet", quiet),
+                )
             except TimeoutError:
                 return
             if workflow.info().is_continue_as_new_suggested():
@@ -503,6 +538,7 @@ class IncidentWorkflow:
             heartbeat_timeout=_ALIVE,
             retry_policy=retry,
             task_queue=task_queue,
+            summary=temporal_ui.step_summary(activity.__name__, self._status),
         )
 
     def _spend(self, tokens: int, cost_usd: float) -> None:
@@ -513,6 +549,11 @@ class IncidentWorkflow:
         self._status.phase = phase
         self._status.history.append(PhaseChange(phase=phase, at=workflow.now(), note=note))
         self._upsert_search_attributes()
+        self._show_details()
+
+    def _show_details(self) -> None:
+        # What the Temporal UI's detail page shows as the incident's current state.
+        workflow.set_current_details(temporal_ui.current_details(self._status, self._start))
 
     def _finish(self, phase: Phase, reason: str) -> None:
         self._status.reason = reason
