@@ -55,6 +55,7 @@ from remedy.models import (
     VerifyRequest,
     Worktree,
 )
+from remedy.render import temporal_ui
 from workflows.incident import IncidentWorkflow
 
 APPROVER = "U024BE7LH"
@@ -243,6 +244,9 @@ async def start_incident(
         task_queue=task_queue,
         # A test incident that waits on something that never comes ends instead of lingering.
         execution_timeout=execution_timeout,
+        # What the intake sets for the Temporal UI (starter.reporter), so tests see it too.
+        static_summary=temporal_ui.incident_summary(start),
+        static_details=temporal_ui.incident_details(start),
     )
 
 
