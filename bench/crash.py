@@ -301,8 +301,11 @@ async def run(home: Path, port: int) -> tuple[list[Kill], list[Phase], dict[str,
             outcomes["branches"] = len(
                 [b for b in git(origin, "branch", "--list", "remedy/*").splitlines() if b.strip()]
             )
-            # One message per incident, updated in place; replies in its thread are not counted.
-            outcomes["slack_messages"] = len([m for m in slack.messages if not m.get("thread_ts")])
+            # One message per incident, updated in place; replies in its thread are not counted
+            # (a parent with replies carries its own ts as thread_ts).
+            outcomes["slack_messages"] = len(
+                [m for m in slack.messages if m.get("thread_ts", m["ts"]) == m["ts"]]
+            )
         finally:
             workers.stop()
     return kills, missed, outcomes
