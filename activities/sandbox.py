@@ -14,17 +14,25 @@ sandbox (<why>)`, unless `[sandbox] allow_unsandboxed` accepts the older, weaker
 
 When the model wrote a regression test, it runs on its own before and after the patch: failing
 before and passing after marks the fix as reproduced-and-fixed.
+
+No run is repeated for the same inputs (`remedy.sandbox.cache`): a finished run is kept by a
+hash of its tree, command line and environment, so the next incident on the same commit reuses
+the suite's "before" run and a retried activity every run it finished. The runs that remain
+start together, as many at once as `[sandbox] parallel_runs` and the worker's CPUs allow.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import os
 import shlex
 import shutil
 import sys
 import tempfile
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 from temporalio import activity
@@ -39,6 +47,7 @@ from remedy.git.runner import GitError, run_git_async
 from remedy.models import ArtifactRef, CommandRun, VerificationResult, VerifyRequest
 from remedy.patching import EditRefused, repo_path
 from remedy.sandbox.bwrap import command_prefixes, exposed, python_prefixes, read_only_paths
+from remedy.sandbox.cache import RunCache, RunInputs, RunRecord, environment_of
 from remedy.sandbox.limits import MB, SandboxLimits
 from remedy.sandbox.results import judge, parse_test_output, read_tail
 from remedy.sandbox.runner import (
@@ -71,6 +80,25 @@ class _Scratch:
         self.runs = self.root / "runs"
         for folder in (self.home, self.logs, self.runs):
             folder.mkdir()
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A run to start: its label, its command line, its copy and the commit it verifies."""
+
+    label: str
+    line: str
+    copy: Path
+    commit: str
+
+
+def parallel_slots(configured: int) -> int:
+    """How many runs a worker starts at once: the configured number, at most its CPUs."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(configured, cpus))
 
 
 class _NoCopy(Exception):
@@ -114,6 +142,12 @@ class SandboxActivities:
         self._store = store
         self._probe_lock = asyncio.Lock()
         self._found: tuple[Confinement | None, str | None] | None = None
+        self._slots = asyncio.Semaphore(parallel_slots(config.sandbox.parallel_runs))
+        # Entries no test can write: Remedy's home is never shown to a run.
+        self._cache = RunCache(config.home_dir / "cache" / "verify")
+        self._identical: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     async def confinement(self) -> tuple[Confinement | None, str | None]:
         """How runs are confined here, and why not in bubblewrap (None when they are)."""
@@ -157,41 +191,6 @@ class SandboxActivities:
             file_bytes=limits.test_max_file_mb * MB,
             processes=settings.max_processes,
             tmpfs_bytes=settings.tmpfs_mb * MB,
-        )
-
-    async def _run(
-        self,
-        incident: str,
-        label: str,
-        command: str,
-        copy: Path,
-        scratch: _Scratch,
-        confinement: Confinement,
-    ) -> CommandRun:
-        log = scratch.logs / f"{label}.log"
-        outcome = await run_confined(
-            command,
-            copy=copy,
-            home=scratch.home,
-            log=log,
-            limits=self._limits(),
-            confinement=confinement,
-            on_wait=heartbeat,
-        )
-        stored = read_tail(log, MAX_STORED_LOG_BYTES)
-        ref: ArtifactRef = self._store.put_bytes(f"{incident}/verify/{label}.log", stored)
-        text = read_tail(log, PARSED_TAIL_BYTES).decode("utf-8", errors="replace")
-        counts = parse_test_output(text)
-        return CommandRun(
-            label=label,
-            exit_code=outcome.exit_code,
-            timed_out=outcome.timed_out,
-            signal=outcome.signal,
-            duration_s=outcome.duration_s,
-            passed=counts.passed,
-            failed=counts.failed,
-            failures=counts.failures,
-            log=ref,
         )
 
     @activity.defn(name=names.ACTIVITY_VERIFY_PATCH)
@@ -277,7 +276,9 @@ class SandboxActivities:
         scratch: _Scratch,
         confinement: Confinement,
     ) -> VerificationResult:
-        incident, worktree = request.incident_id, request.worktree
+        """Plan the four runs, reuse the finished ones, start the rest at once (bounded by
+        `self._slots`), each in a copy exported before the scratch clone moves on."""
+        worktree = request.worktree
         short = worktree.commit[:12]
         code, out = await _git(
             "clone", "--quiet", "--shared", "--no-checkout", worktree.path, scratch.repo
@@ -286,51 +287,135 @@ class SandboxActivities:
             code, out = await _git(
                 "-C", scratch.repo, "checkout", "--quiet", "--detach", worktree.commit
             )
+        if code == 0:
+            code, out = await _git("-C", scratch.repo, "rev-parse", "HEAD^{tree}")
         if code != 0:
             return VerificationResult(
                 status="error", summary=f"could not copy the worktree at {short}: {out[-500:]}"
             )
+        base_tree = out.strip()
         test = request.regression_test
         test_path = repo_path(test.path) if test else None
         test_text = self._store.get_bytes(test.content) if test else b""
-        runs: list[CommandRun] = []
+        written = (test_path, hashlib.sha256(test_text).hexdigest()) if test_path else None
+        environment = environment_of(confinement, self._limits())
+        # Unsandboxed tests run as the worker and could write the cache: never reuse theirs.
+        reuse = isinstance(confinement, Bubblewrap) and self._config.sandbox.reuse_runs
+        finished: dict[str, tuple[RunRecord, bool]] = {}
+        running: dict[str, asyncio.Task[tuple[RunRecord, bool]]] = {}
 
-        async def run(label: str, with_test: bool = False) -> CommandRun:
+        async def start(label: str, tree: str, with_test: bool) -> None:
+            line = f"{command} {shlex.quote(test_path)}" if with_test and test_path else command
+            inputs = RunInputs(tree, line, environment, written if with_test else None)
+            key = inputs.key() if reuse else None
+            if key and (hit := self._cache.get(key)) is not None:
+                finished[label] = (hit, False)
+                return
             copy = scratch.runs / label
             if problem := await export_copy(scratch.repo, copy):
                 raise _NoCopy(f"could not copy the worktree at {short}: {problem}")
-            line = command
             if with_test and test_path:
                 _write_inside(copy, test_path, test_text)
-                line = f"{command} {shlex.quote(test_path)}"
-            try:
-                result = await self._run(incident, label, line, copy, scratch, confinement)
-            finally:
-                await asyncio.to_thread(remove_tree, copy)
-            runs.append(result)
-            return result
+            run = _Run(label, line, copy, worktree.commit)
+            running[label] = asyncio.create_task(self._run_once(run, key, scratch, confinement))
 
         try:
-            before = await run("before")
+            await start("before", base_tree, with_test=False)
             if test_path:
-                regression_before = await run("regression-before", with_test=True)
+                await start("regression-before", base_tree, with_test=True)
             code, out = await self._apply(request, diff, scratch.repo)
+            if code == 0:
+                code, out = await _git("-C", scratch.repo, "write-tree")
             if code != 0:
                 return VerificationResult(
                     status="error",
                     summary=f"the patch does not apply at {short}: {out[-500:]}",
-                    runs=runs,
                     regression_test=test_path,
                 )
-            after = await run("after")
-            reproduced: bool | None = None
+            await start("after", out.strip(), with_test=False)
             if test_path:
-                regression_after = await run("regression-after", with_test=True)
-                failed_before = regression_before.exit_code != 0 and not regression_before.timed_out
-                passed_after = regression_after.exit_code == 0 and not regression_after.timed_out
-                reproduced = failed_before and passed_after
+                await start("regression-after", out.strip(), with_test=True)
+            for label, task in running.items():
+                finished[label] = await task
         except _NoCopy as exc:
-            return VerificationResult(
-                status="error", summary=str(exc), runs=runs, regression_test=test_path
+            return VerificationResult(status="error", summary=str(exc), regression_test=test_path)
+        finally:
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
+        order = ["before", "regression-before", "after", "regression-after"]
+        runs = {
+            label: self._report(request.incident_id, label, *finished[label])
+            for label in order
+            if label in finished
+        }
+        reproduced: bool | None = None
+        if test_path:
+            test_before, test_after = runs["regression-before"], runs["regression-after"]
+            failed_before = test_before.exit_code != 0 and not test_before.timed_out
+            passed_after = test_after.exit_code == 0 and not test_after.timed_out
+            reproduced = failed_before and passed_after
+        return judge(
+            command, runs["before"], runs["after"], list(runs.values()), test_path, reproduced
+        )
+
+    async def _run_once(
+        self, run: _Run, key: str | None, scratch: _Scratch, confinement: Confinement
+    ) -> tuple[RunRecord, bool]:
+        """The run's record and whether it ran now: an identical run another verification on
+        this worker finished while this one waited for it is reused, never repeated."""
+        try:
+            if key is None:
+                return await self._run_now(run, scratch, confinement), True
+            lock = self._identical.setdefault(key, asyncio.Lock())
+            async with lock:
+                if (hit := self._cache.get(key)) is not None:
+                    return hit, False
+                record = await self._run_now(run, scratch, confinement)
+                await asyncio.to_thread(self._cache.put, key, record)
+                return record, True
+        finally:
+            await asyncio.to_thread(remove_tree, run.copy)
+
+    async def _run_now(self, run: _Run, scratch: _Scratch, confinement: Confinement) -> RunRecord:
+        log, home = scratch.logs / f"{run.label}.log", scratch.home / run.label
+        home.mkdir()
+        async with self._slots:
+            outcome = await run_confined(
+                run.line,
+                copy=run.copy,
+                home=home,
+                log=log,
+                limits=self._limits(),
+                confinement=confinement,
+                on_wait=heartbeat,
             )
-        return judge(command, before, after, runs, test_path, reproduced)
+        text = read_tail(log, PARSED_TAIL_BYTES).decode("utf-8", errors="replace")
+        counts = parse_test_output(text)
+        return RunRecord(
+            exit_code=outcome.exit_code,
+            timed_out=outcome.timed_out,
+            signal=outcome.signal,
+            duration_s=outcome.duration_s,
+            passed=counts.passed,
+            failed=counts.failed,
+            failures=counts.failures,
+            log=read_tail(log, MAX_STORED_LOG_BYTES),
+            commit=run.commit,
+        )
+
+    def _report(self, incident: str, label: str, record: RunRecord, ran_now: bool) -> CommandRun:
+        """The run as the incident keeps it, its log among the incident's artifacts."""
+        ref = self._store.put_bytes(f"{incident}/verify/{label}.log", record.log)
+        return CommandRun(
+            label=label,
+            exit_code=record.exit_code,
+            timed_out=record.timed_out,
+            signal=record.signal,
+            duration_s=record.duration_s,
+            passed=record.passed,
+            failed=record.failed,
+            failures=record.failures,
+            log=ref,
+            cached_from=None if ran_now else record.commit,
+        )

@@ -149,6 +149,17 @@ class SandboxConfig(_Section):
         description="More host folders the tests may read (toolchains); the worker's Python and "
         "the installation of the test command's program are shown without being listed",
     )
+    parallel_runs: int = Field(
+        default=4,
+        ge=1,
+        description="Test runs a worker starts at once (suite and regression test, before and "
+        "after), at most as many as it has CPUs",
+    )
+    reuse_runs: bool = Field(
+        default=True,
+        description="Reuse a finished sandboxed run with the same tree, command and environment "
+        "(the suite before the patch, on the next incident at that commit); false: always run",
+    )
 
 
 class PolicyConfig(_Section):

@@ -597,6 +597,9 @@ class CommandRun(BaseModel):
     failed: int | None = None
     failures: list[str] = Field(default_factory=list)
     log: ArtifactRef | None = None
+    cached_from: str | None = Field(
+        default=None, description="Reused, not run: the commit whose verification ran it"
+    )
 
 
 # ---------------------------------------------------------------------- slack and github (issue 5)

@@ -65,7 +65,8 @@ def describe(run: CommandRun) -> str:
         return f"killed by {run.signal}"
     counts = f"{run.passed} passed, {run.failed} failed" if run.passed is not None else ""
     state = "passed" if run.exit_code == 0 else f"failed (exit {run.exit_code})"
-    return f"{state}{f': {counts}' if counts else ''}"
+    reused = f" (cached from {run.cached_from[:12]})" if run.cached_from else ""
+    return f"{state}{f': {counts}' if counts else ''}{reused}"
 
 
 def judge(
