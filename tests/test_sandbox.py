@@ -372,10 +372,11 @@ class Shop:
         patch: PatchResult,
         test: RegressionTest | None = None,
         edits: list[Edit] | None = None,
+        incident: str = INCIDENT,
     ) -> VerificationResult:
         acts = SandboxActivities(self.config, self.store)
         request = VerifyRequest(
-            incident_id=INCIDENT,
+            incident_id=incident,
             worktree=self.worktree,
             patch=patch,
             regression_test=test,
