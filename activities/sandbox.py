@@ -1,11 +1,12 @@
 """verify_patch: the service's own tests, in the sandbox, before and after the patch.
 
-The worker keeps a scratch clone of the incident's worktree at its commit, which no test ever
-sees (its .git config could otherwise make the worker's next git command run anything). Each
-run gets a fresh export of that clone's files, and only that export is writable inside the
-sandbox (`remedy.sandbox`: bubblewrap, its own user and namespaces, no network, no view of
-Remedy's home, limits on CPU, memory, file size, processes and wall clock). So nothing a run
-leaves behind reaches the next one, and the model's regression test is only in its own runs.
+The worker keeps a scratch clone of the incident's worktree, with the commit in its index and
+no files checked out, which no test ever sees (its .git config could otherwise make the
+worker's next git command run anything). Each run gets a fresh export of that index, and only
+that export is writable inside the sandbox (`remedy.sandbox`: bubblewrap, its own user and
+namespaces, no network, no view of Remedy's home, limits on CPU, memory, file size, processes
+and wall clock). So nothing a run leaves behind reaches the next one, and the model's
+regression test is only in its own runs.
 Output goes to `<incident>/verify/<run>.log` in the artifact store.
 
 The sandbox is probed once, at first use. Where it cannot run, verification is `skipped: no
@@ -254,19 +255,19 @@ class SandboxActivities:
     async def _apply(
         self, request: VerifyRequest, diff: ArtifactRef, repo: Path
     ) -> tuple[int, str]:
-        """Check out the patched tree. The edits are applied, not the stored diff: that one is
-        redacted for people, and a credential on a context line would keep it from applying.
-        Requests from before `edits` existed carry only the diff."""
+        """Put the patched tree in the index. The edits are applied, not the stored diff: that
+        one is redacted for people, and a credential on a context line would keep it from
+        applying. Requests from before `edits` existed carry only the diff."""
         if not request.edits:
             patch_file = self._store.path_of(diff)
-            return await _git("-C", repo, "apply", "--index", "--whitespace=nowarn", patch_file)
+            return await _git("-C", repo, "apply", "--cached", "--whitespace=nowarn", patch_file)
         try:
             tree = await asyncio.to_thread(
                 edited_tree, repo, request.worktree.commit, request.edits
             )
         except (EditRefused, GitError) as exc:
             return 1, str(exc)
-        return await _git("-C", repo, "read-tree", "-m", "-u", "HEAD", tree)
+        return await _git("-C", repo, "read-tree", tree)
 
     async def _verify(
         self,
@@ -283,12 +284,11 @@ class SandboxActivities:
         code, out = await _git(
             "clone", "--quiet", "--shared", "--no-checkout", worktree.path, scratch.repo
         )
+        # Only the index: every run's copy is exported from it, none is checked out here.
         if code == 0:
-            code, out = await _git(
-                "-C", scratch.repo, "checkout", "--quiet", "--detach", worktree.commit
-            )
+            code, out = await _git("-C", scratch.repo, "read-tree", worktree.commit)
         if code == 0:
-            code, out = await _git("-C", scratch.repo, "rev-parse", "HEAD^{tree}")
+            code, out = await _git("-C", scratch.repo, "write-tree")
         if code != 0:
             return VerificationResult(
                 status="error", summary=f"could not copy the worktree at {short}: {out[-500:]}"
