@@ -1,7 +1,9 @@
 """The Remedy worker: IncidentWorkflow and every activity, in one process.
 
 `remedy worker` runs it; SIGTERM/SIGINT stop polling, let running activities finish for
-`[worker] graceful_shutdown_s`, then exit.
+`[worker] graceful_shutdown_s`, then exit. A process that serves the code index loads the
+embedding model before its index worker polls, so neither an incident nor `remedy search`
+waits for the model; the CLI's `remedy search` and `remedy index` are activities there.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -24,8 +27,12 @@ from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
 from remedy.temporal import address_of, reach_retrying
 from workflows.incident import IncidentWorkflow
+from workflows.index import IndexWorkflow
 
 log = logging.getLogger("remedy.worker")
+
+# The longest a heartbeat waits to be sent: `remedy index` draws its bar from them.
+HEARTBEAT_EVERY_S = 1.0
 
 
 def build_activities(config: RemedyConfig, store: ArtifactStore) -> list[Callable[..., Any]]:
@@ -34,6 +41,7 @@ def build_activities(config: RemedyConfig, store: ArtifactStore) -> list[Callabl
     from activities.git import GitActivities
     from activities.github import GitHubActivities
     from activities.index import IndexActivities
+    from activities.index_service import IndexService
     from activities.llm import DiagnosisActivities
     from activities.sandbox import SandboxActivities
     from activities.slack import SlackActivities
@@ -45,10 +53,13 @@ def build_activities(config: RemedyConfig, store: ArtifactStore) -> list[Callabl
     slack = SlackActivities(config, store)
     diagnosis = DiagnosisActivities(config, store, search_code=index.search_code)
     sandbox = SandboxActivities(config, store)
+    people = IndexService(config)
     return [
         index.index_repo,
         index.find_related,
         index.record_incident,
+        people.search_index,
+        people.index_on_request,
         diagnosis.diagnose,
         diagnosis.write_regression_test,
         sandbox.verify_patch,
@@ -77,25 +88,46 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue or config.temporal.task_queue,
-        workflows=[IncidentWorkflow] if with_workflows else [],
+        workflows=[IncidentWorkflow, IndexWorkflow] if with_workflows else [],
         activities=list(activities),
         activity_executor=ThreadPoolExecutor(max_workers=config.worker.max_concurrent_activities),
         max_concurrent_activities=config.worker.max_concurrent_activities,
         max_concurrent_workflow_tasks=config.worker.max_concurrent_workflow_tasks,
         graceful_shutdown_timeout=timedelta(seconds=config.worker.graceful_shutdown_s),
+        max_heartbeat_throttle_interval=timedelta(seconds=HEARTBEAT_EVERY_S),
         interceptors=[LivenessInterceptor()],
     )
 
 
 ROLES = ("all", "main", "index")
 _INDEX_ACTIVITIES = frozenset(
-    {names.ACTIVITY_INDEX_REPO, names.ACTIVITY_FIND_RELATED, names.ACTIVITY_RECORD_INCIDENT}
+    {
+        names.ACTIVITY_INDEX_REPO,
+        names.ACTIVITY_FIND_RELATED,
+        names.ACTIVITY_RECORD_INCIDENT,
+        names.ACTIVITY_SEARCH_INDEX,
+        names.ACTIVITY_INDEX_ON_REQUEST,
+    }
 )
 
 
 def _is_index_activity(function: Callable[..., Any]) -> bool:
     definition = getattr(function, "__temporal_activity_definition", None)
     return definition is not None and definition.name in _INDEX_ACTIVITIES
+
+
+def serves_index(config: RemedyConfig, role: str) -> bool:
+    """Whether a process of this role runs the index activities (and needs the model)."""
+    return role in ("all", "index") or not config.temporal.index_task_queue
+
+
+def load_model(config: RemedyConfig) -> None:
+    """Load the embedding model (and run it once) in this process, logging how long it took."""
+    from remedy.index.embed import warm_embedder
+
+    started = time.perf_counter()
+    embedder = warm_embedder(config.embeddings)
+    log.info("embedding model %s loaded in %.1fs", embedder.identity, time.perf_counter() - started)
 
 
 def build_workers(client: Client, config: RemedyConfig, role: str = "all") -> list[Worker]:
@@ -127,6 +159,11 @@ def build_workers(client: Client, config: RemedyConfig, role: str = "all") -> li
 async def run_workers(config: RemedyConfig, stop: asyncio.Event, role: str = "all") -> None:
     """Poll until `stop` is set. Temporal may be down or not up yet: keep trying to connect
     (a log line per try) rather than exit, and leave at once if stopped meanwhile."""
+    # The model loads while Temporal is reached; an index worker of its own polls once it has.
+    loading: asyncio.Future[None] | None = None
+    if serves_index(config, role):
+        loading = asyncio.ensure_future(asyncio.to_thread(load_model, config))
+        loading.add_done_callback(_log_load_failure)
     connecting = asyncio.ensure_future(reach_retrying(Client.connect, config))
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -138,6 +175,8 @@ async def run_workers(config: RemedyConfig, stop: asyncio.Event, role: str = "al
     client = connecting.result()
     async with contextlib.AsyncExitStack() as running:
         for worker in build_workers(client, config, role):
+            if loading is not None and worker.task_queue == config.temporal.index_task_queue:
+                await _until_loaded(loading, stop)
             await running.enter_async_context(worker)
             log.info(
                 "worker polling task queue %r on %s", worker.task_queue, config.temporal.address
@@ -145,6 +184,18 @@ async def run_workers(config: RemedyConfig, stop: asyncio.Event, role: str = "al
         await stop.wait()
         log.info("worker stopping: finishing running activities")
     log.info("worker stopped")
+
+
+async def _until_loaded(loading: asyncio.Future[None], stop: asyncio.Event) -> None:
+    stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+
+
+def _log_load_failure(loading: asyncio.Future[None]) -> None:
+    # The index activities then load it on first use and fail there, with the reason.
+    if not loading.cancelled() and loading.exception() is not None:
+        log.error("embedding model failed to load: %s", loading.exception())
 
 
 def main(config: RemedyConfig, role: str = "all") -> None:

@@ -22,6 +22,8 @@ from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
 from remedy.git.runner import GitError
 from remedy.index.core import CodeIndex, code_index, repo_key
+from remedy.index.files import list_repo_files
+from remedy.index.focus import focus_paths
 from remedy.index.related import (
     find_related,
     incident_memory,
@@ -68,6 +70,26 @@ def _failure(exc: GitError | StoreError, what: str) -> ApplicationError:
         )
     kind = "IndexGitError" if isinstance(exc, GitError) else "IndexStoreError"
     return ApplicationError(f"{what}: {exc}", type=kind, non_retryable=exc.permanent)
+
+
+def _focus(index: CodeIndex, repo: str, request: IndexRequest) -> list[str] | None:
+    """The incident's focus files when its repository has no completely indexed commit yet
+    (a full cold index would hold the incident for minutes); None: index the whole tree."""
+    indexed = index.indexed_commits(repo)
+    if set(indexed) - set(index.partial_commits(repo)) or not request.frames:
+        return None
+    worktree = request.worktree
+    checkout = Path(worktree.path)
+    located = locate_frames(checkout, worktree.commit, request.frames)
+    files, _ = list_repo_files(checkout, worktree.commit, index.max_file_bytes)
+
+    def read(path: str) -> str:
+        try:
+            return (checkout / path).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    return focus_paths(located, [f.path for f in files], read) or None
 
 
 def _report_wait(holder: str) -> None:
@@ -144,15 +166,25 @@ class IndexActivities:
                                 "total": total})  # fmt: skip
 
         holder = f"the index worker, indexing {worktree.service} at {worktree.commit[:12]}"
+        checkout = Path(worktree.path)
+        # A full index off the incident's path may wait out other runs, and try again.
+        wait = EDGE_LOCK_TIMEOUT_S if request.complete else None
         try:
-            with self._index(holder) as index:
+            with self._index(holder, wait) as index:
                 return index.index(
                     repo,
-                    Path(worktree.path),
+                    checkout,
                     worktree.commit,
                     progress=beat,
                     embedded_before=embedded_before,
+                    only_paths=None if request.complete else _focus(index, repo, request),
                 )
+        except StoreBusy as exc:
+            if not request.complete:
+                raise _failure(exc, f"indexing {worktree.service} at {worktree.commit}") from None
+            raise ApplicationError(
+                f"the code index is in use by {exc.holder}", type="IndexBusy"
+            ) from None
         except (GitError, StoreError) as exc:
             raise _failure(exc, f"indexing {worktree.service} at {worktree.commit}") from None
 
@@ -169,13 +201,17 @@ class IndexActivities:
             queries = related_queries(request, located, checkout)
             with self._index(f"the index worker, searching for {request.incident_id}") as index:
                 found = find_related(index, repo, request, located, queries)
+                complete = worktree.commit not in index.partial_commits(repo)
         except (GitError, StoreError) as exc:
             raise _failure(exc, f"searching the index of {worktree.service}") from None
         ref = self.store.put_json(
             f"{request.incident_id}/related.json",
             found.as_json(request.incident_id, repo, worktree.commit),
         )
-        return found.result(ref)
+        # Which index answered, and whether it held the whole tree or the focus files only.
+        return found.result(ref).model_copy(
+            update={"index_commit": worktree.commit, "index_complete": complete}
+        )
 
     # -- record_incident ------------------------------------------------------
 

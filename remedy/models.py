@@ -238,6 +238,9 @@ class Evidence(BaseModel):
     suspect_commits: list[SuspectCommit] = Field(default_factory=list)
     related_code: list[RelatedCode] = Field(default_factory=list)
     similar_incidents: list[SimilarIncident] = Field(default_factory=list)
+    related_from: str = Field(
+        default="", description="Which index the related code came from, and how complete it was"
+    )
     artifact: ArtifactRef | None = None
 
 
@@ -466,6 +469,11 @@ class IndexRequest(BaseModel):
 
     worktree: Worktree
     incident_id: str | None = None
+    frames: list[Frame] = Field(
+        default_factory=list,
+        description="An incident's frames: a never-indexed repository indexes around them first",
+    )
+    complete: bool = Field(default=False, description="Index the whole tree, however cold")
 
 
 class IndexResult(BaseModel):
@@ -480,6 +488,16 @@ class IndexResult(BaseModel):
     purged: int = Field(default=0, description="Points dropped with commits past retention")
     seconds: float = 0.0
     backend: str = ""
+    complete: bool = Field(
+        default=True, description="False: only an incident's focus files are indexed so far"
+    )
+
+
+class FullIndexRequest(BaseModel):
+    """Complete an index an incident started with its focus files, off the incident's path."""
+
+    index: IndexRequest
+    task_queue: str | None = Field(default=None, description="Where index_repo runs")
 
 
 class RelatedRequest(BaseModel):
@@ -495,6 +513,10 @@ class RelatedResult(BaseModel):
     similar_incidents: list[SimilarIncident] = Field(default_factory=list)
     frame_chunks: int = Field(default=0, description="Hits that are the frames' own code, left out")
     artifact: ArtifactRef | None = None
+    index_commit: str | None = Field(default=None, description="The indexed commit searched")
+    index_complete: bool = Field(
+        default=True, description="False: that commit's index held only the focus files"
+    )
 
 
 class RecordIncidentRequest(BaseModel):

@@ -28,6 +28,8 @@ from remedy.index import core as index_core
 from remedy.index.core import CodeIndex
 from remedy.index.edge_store import EdgeStore
 from remedy.index.embed import Embedder, get_embedder, lexical_terms
+from remedy.index.focus import focus_paths
+from remedy.index.related import Located
 from remedy.index.server_store import ServerStore
 from remedy.index.store import VectorStore
 from remedy.models import (
@@ -437,3 +439,69 @@ async def test_an_incident_does_not_queue_behind_a_long_index_run(
     assert beats[0]["holder"].startswith("`remedy index big` (pid ")
     # Once the other run is over, the same incident indexes normally.
     assert env.run(acts.index_repo, IndexRequest(worktree=_worktree(repo, sha))).chunks > 0
+
+
+def test_the_focus_is_the_frames_their_imports_and_their_packages() -> None:
+    files = ["app/__init__.py", "app/checkout.py", "app/cart.py", "app/util/money.py",
+             "lib/far.py", "lib/other.py", "README.md", "src/shop/tax.py"]  # fmt: skip
+    sources = {
+        "lib/far.py": "from app.util import money\nfrom . import other\nimport shop.tax\n",
+        "app/checkout.py": "from .cart import cart_total\nimport json\n",
+    }
+    located = [
+        Located(Frame(file="/srv/lib/far.py", line=3), "lib/far.py"),
+        Located(Frame(file="/srv/app/checkout.py", line=6), "app/checkout.py"),
+    ]
+
+    focus = focus_paths(located, files, lambda path: sources.get(path, ""))
+
+    # Innermost frame first, then what it imports (absolute, relative, under a src/ root),
+    # then the other frame and its import, then the frames' packages; never README.md.
+    assert focus[:5] == [
+        "lib/far.py", "app/checkout.py", "app/util/money.py", "lib/other.py", "src/shop/tax.py"
+    ]  # fmt: skip
+    assert set(focus) == {*focus[:5], "app/cart.py", "app/__init__.py"}
+    assert focus_paths(located, files, lambda path: "def broken(:\n", limit=1) == ["lib/far.py"]
+
+
+async def test_a_cold_repository_indexes_the_focus_first_then_completes(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    repo = Repo(tmp_path / "shop")
+    bulk = {f"app/reports/r{n:02d}.py": f"def report_{n}(rows):\n    return len(rows) + {n}\n"
+            for n in range(30)}  # fmt: skip
+    sha = repo.commit({"app/cart.py": CART, "app/checkout.py": CHECKOUT, **bulk})
+    config = _config(tmp_path, repo)
+    acts = IndexActivities(config, ArtifactStore(config.artifacts_dir))
+    env = ActivityEnvironment()
+    frames = [Frame(file="/srv/app/checkout.py", line=6, function="checkout")]
+    focused = env.run(acts.index_repo, IndexRequest(worktree=_worktree(repo, sha), frames=frames))
+    assert not focused.complete
+    assert focused.files == 2  # checkout.py and the cart it imports, not the 30 reports
+
+    related = env.run(
+        acts.find_related,
+        RelatedRequest(
+            incident_id="shop-0123456789abcdef-00000001",
+            worktree=_worktree(repo, sha),
+            error=ErrorInfo(type="KeyError", message="'qty'"),
+            frames=frames,
+        ),
+    )
+    assert (related.index_commit, related.index_complete) == (sha, False)
+    assert any(c.path == "app/cart.py" for c in related.related_code)
+
+    # Another incident on the same still-partial repository stays on the focus path.
+    again = env.run(acts.index_repo, IndexRequest(worktree=_worktree(repo, sha), frames=frames))
+    assert not again.complete and again.embedded == 0
+
+    full = env.run(
+        acts.index_repo, IndexRequest(worktree=_worktree(repo, sha), frames=frames, complete=True)
+    )
+    assert full.complete and full.files == 32 and full.reused == focused.chunks
+    with index_core.code_index(config) as index:
+        assert index.partial_commits(str(repo.path)) == []
+    # With a complete commit, a later incident indexes the whole (incremental) tree.
+    later = repo.commit({"app/reports/r00.py": "def report_0(rows):\n    return 0\n"})
+    after = env.run(acts.index_repo, IndexRequest(worktree=_worktree(repo, later), frames=frames))
+    assert after.complete and after.embedded == 1

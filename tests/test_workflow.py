@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -26,6 +27,7 @@ from tests.workflow_harness import (
     wait_for_phase,
 )
 from workflows.incident import IncidentWorkflow
+from workflows.index import IndexWorkflow
 
 
 @pytest.fixture
@@ -229,7 +231,11 @@ async def test_the_run_closes_at_the_outcome_and_the_ui_shows_it(
         for e in history.events
         if e.HasField("user_metadata") and e.user_metadata.HasField("summary")
     ]
-    assert [s[0] for s in summaries][:1] == ["sync_repo · KeyError in shop"]
+    # The incident's own summary on its start, then one per step.
+    assert [s[0] for s in summaries][:2] == [
+        "KeyError in shop: 'sku'",
+        "sync_repo · KeyError in shop",
+    ]
 
 
 async def test_approval_expires_on_the_time_skipping_server(
@@ -298,3 +304,30 @@ async def test_a_ci_definition_edit_under_the_default_scope_ends_triaged_naming_
         "(built-in rule '.github/**'); lift it with services.shop.allow_execution_sensitive_paths"
     )
     assert "prepare_patch" not in fakes.calls and "verify_patch" not in fakes.calls
+
+
+async def test_a_cold_repository_is_indexed_around_the_frames_then_filled_in(
+    client: Client,
+) -> None:
+    fakes = FakeActivities(index_complete=False)
+    queue = f"test-{uuid.uuid4()}"
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[IncidentWorkflow, IndexWorkflow],
+        activities=fakes.all(),
+    ):
+        start = make_start()
+        final = await finished(await start_incident(client, queue, start))
+        assert final.phase == Phase.TRIAGED
+        assert final.evidence is not None
+        assert "focus files only" in final.evidence.related_from
+
+        # The rest of the index, off the incident's path: one child per commit, abandoned
+        # so it outlives the incident.
+        commit = fakes.index_requests[0].worktree.commit
+        child = client.get_workflow_handle(f"index-shop-{commit[:12]}")
+        full = await asyncio.wait_for(child.result(), 30)
+    assert full["complete"] is True
+    assert [r.complete for r in fakes.index_requests] == [False, True]
+    assert fakes.index_requests[0].frames == start.event.frames

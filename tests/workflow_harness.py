@@ -113,7 +113,9 @@ class FakeActivities:
     abstain_reason: str = "no LLM backend configured"
     verification: str = "passed"
     sync_error: ApplicationError | None = None
+    index_complete: bool = True
     calls: dict[str, int] = field(default_factory=dict)
+    index_requests: list[IndexRequest] = field(default_factory=list)
     proposals: list[ProposeRequest] = field(default_factory=list)
     notifications: list[tuple[str, Phase]] = field(default_factory=list)
     recorded: list[RecordIncidentRequest] = field(default_factory=list)
@@ -180,7 +182,12 @@ class FakeActivities:
         @activity.defn(name=names.ACTIVITY_INDEX_REPO)
         async def index_repo(request: IndexRequest) -> IndexResult:
             self._count("index_repo")
-            return IndexResult(repo=request.worktree.service, commit=request.worktree.commit)
+            self.index_requests.append(request)
+            return IndexResult(
+                repo=request.worktree.service,
+                commit=request.worktree.commit,
+                complete=request.complete or self.index_complete,
+            )
 
         @activity.defn(name=names.ACTIVITY_FIND_RELATED)
         async def find_related(request: RelatedRequest) -> RelatedResult:
@@ -190,7 +197,9 @@ class FakeActivities:
                     RelatedCode(
                         path="app/pricing.py", symbol="price", start_line=1, end_line=9, score=0.8
                     )
-                ]
+                ],
+                index_commit=request.worktree.commit,
+                index_complete=self.index_complete,
             )
 
         @activity.defn(name=names.ACTIVITY_RECORD_INCIDENT)

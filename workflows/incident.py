@@ -14,13 +14,14 @@ length; the typed call helpers at the bottom take a fifth of it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from activities.forge import LocalForge
@@ -37,9 +38,11 @@ with workflow.unsafe.imports_passed_through():
         DecideResult,
         Decision,
         DiagnoseRequest,
+        FullIndexRequest,
         IncidentStart,
         IncidentStatus,
         IndexRequest,
+        IndexResult,
         InvestigateRequest,
         NotifyRequest,
         OccurrenceSignal,
@@ -51,10 +54,12 @@ with workflow.unsafe.imports_passed_through():
         RecordIncidentRequest,
         RegressionTestRequest,
         RelatedRequest,
+        RelatedResult,
         SyncRequest,
         VerifyRequest,
     )
     from remedy.render import temporal_ui
+    from workflows.index import IndexWorkflow
 
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
@@ -69,6 +74,10 @@ _PATCH_EXECUTION_SENSITIVE_SCOPE = "execution-sensitive-scope"
 
 # Search attributes are sent when they change, not all six on every phase.
 _PATCH_CHANGED_SEARCH_ATTRIBUTES = "upsert-changed-search-attributes"
+
+# A never-indexed repository is indexed around the incident's frames first; the rest fills in
+# through IndexWorkflow, started after the related-code search.
+_PATCH_EVIDENCE_FIRST_INDEX = "evidence-first-index"
 
 # An incident's run closes at its outcome, so the UI lists it as finished (a failed one as
 # Failed); reports within the quiet window after that go to a recurrence run
@@ -211,9 +220,12 @@ class IncidentWorkflow:
         status.worktree = worktree
 
         self._set_phase(Phase.INDEXING)
+        index_request = IndexRequest(
+            worktree=worktree, incident_id=status.incident_id, frames=start.event.frames
+        )
         indexed = await self._optional(
             IndexActivities.index_repo,
-            IndexRequest(worktree=worktree, incident_id=status.incident_id),
+            index_request,
             timeout=timedelta(hours=1),
             task_queue=start.index_task_queue,
         )
@@ -240,8 +252,11 @@ class IncidentWorkflow:
                     update={
                         "related_code": related.related_code,
                         "similar_incidents": related.similar_incidents,
+                        "related_from": _related_from(related, indexed),
                     }
                 )
+            if not indexed.complete and workflow.patched(_PATCH_EVIDENCE_FIRST_INDEX):
+                await self._complete_index(index_request)
         status.evidence = evidence
         await self._open_issue()
 
@@ -411,6 +426,19 @@ class IncidentWorkflow:
             if workflow.info().is_continue_as_new_suggested():
                 return
 
+    async def _complete_index(self, request: IndexRequest) -> None:
+        """The rest of a cold repository's index, as an abandoned child: it outlives the
+        incident, and a second incident on the same commit finds it already running."""
+        worktree = request.worktree
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await workflow.start_child_workflow(
+                IndexWorkflow.run,
+                FullIndexRequest(index=request, task_queue=self._start.index_task_queue),
+                id=f"index-{worktree.service}-{worktree.commit[:12]}",
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                static_summary=f"full index of {worktree.service} at {worktree.commit[:12]}",
+            )
+
     # ------------------------------------------------------------------ side channels
 
     async def _notify(self, kind: str = "update") -> None:
@@ -578,3 +606,13 @@ class IncidentWorkflow:
         changed = [update for update in current if held.get(update.key) != update.value]
         if changed:
             workflow.upsert_search_attributes(changed)
+
+
+def _related_from(related: RelatedResult, indexed: IndexResult) -> str:
+    commit = (related.index_commit or indexed.commit)[:12]
+    if related.index_complete:
+        return f"the code index at {commit}"
+    return (
+        f"the code index at {commit}, focus files only ({indexed.files} files; the rest is "
+        "filling in)"
+    )

@@ -24,7 +24,7 @@ import contextlib
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,16 @@ from remedy.index.store import (
 )
 from remedy.models import IndexResult
 
+# At most this many chunks per model call and store write. The step is the model's batch
+# size below it: the chunks are sorted longest first, so slicing them gives the very batches
+# sentence-transformers would form in one big call, and each batch stored is one step of
+# progress (a retry then resumes from exactly what its heartbeat says was stored).
 EMBED_GROUP = 256
 
+# (stage, done, total), stages in order: "scanning", "chunking" (total: the files to read and
+# chunk), "embedding" (total: the chunks to embed), "recording". `done` always counts the
+# chunks embedded and stored by this run (and by `embedded_before`), so a heartbeat can
+# carry it as resume state whatever the stage.
 Progress = Callable[[str, int, int], None]
 
 
@@ -107,9 +115,18 @@ class CodeIndex:
     # -- state ----------------------------------------------------------------
 
     def indexed_commits(self, repo: str) -> list[str]:
-        """Commits `repo` is indexed at, oldest first."""
-        found = self.store.scroll(self.code, Where({"kind": "repo", "repo": repo}), ["commits"])
-        return list(found[0][1].get("commits", [])) if found else []
+        """Commits `repo` is indexed at, oldest first (partly indexed ones included)."""
+        return list(self._repo_record(repo).get("commits", []))
+
+    def partial_commits(self, repo: str) -> list[str]:
+        """Indexed commits that hold only an incident's focus files so far (remedy.index.focus)."""
+        return list(self._repo_record(repo).get("partial", []))
+
+    def _repo_record(self, repo: str) -> dict[str, Any]:
+        found = self.store.scroll(
+            self.code, Where({"kind": "repo", "repo": repo}), ["commits", "partial"]
+        )
+        return found[0][1] if found else {}
 
     def head(self, repo: str) -> str | None:
         commits = self.indexed_commits(repo)
@@ -125,15 +142,21 @@ class CodeIndex:
         *,
         progress: Progress = _no_progress,
         embedded_before: int = 0,
+        only_paths: Collection[str] | None = None,
     ) -> IndexResult:
         """Bring `repo` up to `commit`, read from the git repository at `checkout`.
 
         `embedded_before` is what an earlier attempt of the same run already embedded (from
         its heartbeat): those chunks are in the store now and count as embedded, not reused.
+        With `only_paths`, only those files are indexed and the commit is recorded as partly
+        indexed until a run without it completes it.
         """
         started = time.perf_counter()
+        progress("scanning", embedded_before, 0)
         files, skipped = list_repo_files(checkout, commit, self.max_file_bytes)
-        progress("listing", 0, len(files))
+        if only_paths is not None:
+            wanted = set(only_paths)
+            files = [f for f in files if f.path in wanted]
         base = {"repo": repo}
         records = {
             (p["path"], p["blob"]): (pid, p)
@@ -146,10 +169,14 @@ class CodeIndex:
                 self.code, Where({**base, "kind": "chunk"}), ["commits", "start_line", "end_line"]
             )
         )
-        retained_before = self.indexed_commits(repo)
+        repo_record = self._repo_record(repo)
+        retained_before = list(repo_record.get("commits", []))
         previous_head = retained_before[-1] if retained_before else None
         retained = [c for c in retained_before if c != commit] + [commit]
         retained = retained[-self.keep_commits :]
+        partial = [c for c in repo_record.get("partial", []) if c in retained and c != commit]
+        if only_paths is not None:
+            partial.append(commit)
 
         # 1. Which file versions are new (or lost chunks, which re-chunking repairs)?
         desired: dict[str, tuple[int, int]] = {}
@@ -165,6 +192,7 @@ class CodeIndex:
                 new_files.append(f)
 
         # 2. Chunk the new versions; embed only chunks the store has never seen.
+        progress("chunking", embedded_before, len(new_files))
         new_records: list[PointData] = []
         pending: dict[str, Chunk] = {}
         contents = read_blobs(checkout, [f.blob for f in new_files])
@@ -184,6 +212,8 @@ class CodeIndex:
             if reason:
                 skipped += 1
         embedded = self._embed_and_store(repo, commit, pending, progress, embedded_before)
+        total_embedded = embedded_before + embedded
+        progress("recording", total_embedded, total_embedded)
 
         # 3. Record the new file versions, then mark every present chunk with this commit.
         self.store.upsert(self.code, new_records)
@@ -201,7 +231,8 @@ class CodeIndex:
         for commits_key, ids in regroup.items():
             self.store.set_payload(self.code, ids, {"commits": list(commits_key)})
         repo_point = PointData(
-            point_id(repo, "repo"), {"kind": "repo", "repo": repo, "commits": retained}
+            point_id(repo, "repo"),
+            {"kind": "repo", "repo": repo, "commits": retained, "partial": partial},
         )
         self.store.upsert(self.code, [repo_point])
 
@@ -217,7 +248,6 @@ class CodeIndex:
                 for cid, p in existing.items()
                 if previous_head in p.get("commits", []) and cid not in desired
             )
-        total_embedded = embedded_before + embedded
         return IndexResult(
             repo=repo,
             commit=commit,
@@ -230,6 +260,7 @@ class CodeIndex:
             purged=purged,
             seconds=round(time.perf_counter() - started, 3),
             backend=f"{self.embedder.backend} + {self.store.kind}",
+            complete=only_paths is None,
         )
 
     def _embed_and_store(
@@ -244,8 +275,9 @@ class CodeIndex:
         order = sorted(pending.items(), key=lambda item: -len(item[1].embed_text))
         done = 0
         progress("embedding", embedded_before, embedded_before + len(order))
-        for start in range(0, len(order), EMBED_GROUP):
-            group = order[start : start + EMBED_GROUP]
+        step = max(1, min(EMBED_GROUP, self.embedder.batch_size))
+        for start in range(0, len(order), step):
+            group = order[start : start + step]
             vectors = self.embedder.embed([chunk.embed_text for _, chunk in group])
             points = [
                 PointData(
