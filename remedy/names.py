@@ -25,6 +25,9 @@ ACTIVITY_OPEN_ISSUE = "open_issue"
 ACTIVITY_PROPOSE_CHANGE = "propose_change"
 ACTIVITY_OPEN_PULL_REQUEST = "open_pull_request"
 ACTIVITY_RECORD_INCIDENT = "record_incident"
+# Standalone activities the CLI starts on the index task queue (`remedy search`, `remedy index`).
+ACTIVITY_SEARCH_INDEX = "search_index"
+ACTIVITY_INDEX_ON_REQUEST = "index_on_request"
 
 SA_SERVICE = SearchAttributeKey.for_keyword("RemedyService")
 SA_PHASE = SearchAttributeKey.for_keyword("RemedyPhase")

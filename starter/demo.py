@@ -34,6 +34,7 @@ from starter.cli_approval import (
 from starter.client import IntakeClient, IntakeRejected, intake_url
 from starter.dev import DevError, DevStack, default_demo_token
 from starter.incidents import decide, incident_status
+from starter.index_progress import IndexProgress, index_heartbeat
 from starter.temporal_client import cli_message, with_client
 
 DEMO_SERVICE = "demo"
@@ -188,17 +189,25 @@ def _intake_up(config: RemedyConfig) -> bool:
 async def follow_incident(
     client: Client, incident_id: str, *, stop_at_approval: bool, timeout_s: float
 ) -> IncidentStatus:
-    """Poll the status query until the incident is terminal (or awaits approval, if asked)."""
+    """Poll the status query until the incident is terminal (or awaits approval, if asked),
+    saying each phase as it starts and, while indexing, the index's stages and bar."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        status = await incident_status(client, incident_id)
-        if status.phase in TERMINAL_PHASES:
-            return status
-        if stop_at_approval and status.phase == Phase.AWAITING_APPROVAL:
-            return status
-        if time.monotonic() > deadline:
-            return status
-        await asyncio.sleep(0.3)
+    phase: Phase | None = None
+    with IndexProgress() as shown:
+        while True:
+            status = await incident_status(client, incident_id)
+            if status.phase != phase:
+                phase = status.phase
+                shown.say(f"incident {phase.value}")
+            if status.phase in TERMINAL_PHASES:
+                return status
+            if stop_at_approval and status.phase == Phase.AWAITING_APPROVAL:
+                return status
+            if time.monotonic() > deadline:
+                return status
+            if status.phase == Phase.INDEXING:
+                shown.details(await index_heartbeat(client, status.workflow_id))
+            await asyncio.sleep(0.3)
 
 
 def _demo_approver_credential(config: RemedyConfig, approver: str) -> str | None:

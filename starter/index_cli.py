@@ -1,18 +1,18 @@
 """`remedy index` and `remedy search`: build and ask the code index from the command line.
 
-Heavy libraries (torch, sentence-transformers, Qdrant) load inside the commands, so
-`remedy --help` stays fast.
+Both ask the running index worker, which has the embedding model loaded (starter/
+index_worker.py); with no stack running, or with `--local`, the command loads the model
+itself. Heavy libraries (torch, sentence-transformers, Qdrant) load only then, so
+`remedy --help` and a search through the worker stay fast.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -20,48 +20,22 @@ from starter.cli_common import DEFAULT_CONFIG, ConfigOption, JsonOption, fail, l
 
 if TYPE_CHECKING:
     from remedy.config import RemedyConfig
-    from remedy.index.core import CodeIndex
+    from remedy.index.service import IndexJob, SearchAnswer, SearchRequest
     from remedy.index.store import VectorStore
     from remedy.models import IndexResult
 
+# How long `remedy index` through the worker may run (a cold index of a big repository).
+INDEX_RUN_TIMEOUT_S = 6 * 3600.0
+SEARCH_RUN_TIMEOUT_S = 120.0
 
-def _checkout_for_service(
-    config: RemedyConfig, service: str, commit: str | None
-) -> tuple[Path, str]:
-    """The service's mirror (fetched now) and the commit to index: `commit` or the branch head."""
-    from remedy.git.mirror import locked, mirror_for, update_mirror
-    from remedy.git.runner import GitError, resolve_commit
+T = TypeVar("T")
 
-    branch = config.service(service).branch
-    mirror = mirror_for(config, service)
-    try:
-        with locked(mirror):
-            update_mirror(mirror, float(config.limits.sync_timeout_s))
-    except GitError as exc:
-        raise fail(f"fetching {service} from {mirror.public_location}: {exc}") from None
-    rev = commit or f"refs/heads/{branch}"
-    sha = resolve_commit(mirror.path, rev)
-    if sha is None:
-        what = f"commit {commit!r}" if commit else f"branch {branch!r}"
-        raise fail(
-            f"{what} is not in {mirror.public_location} (pass an existing --commit, or fix "
-            f"services.{service}.branch)"
-        )
-    return mirror.path, sha
-
-
-def _checkout_for_path(repo: Path, commit: str | None) -> tuple[Path, str]:
-    from remedy.git.runner import resolve_commit
-
-    if not repo.is_dir():
-        raise fail(f"--repo {repo}: no such directory (pass a local git checkout)")
-    sha = resolve_commit(repo, commit or "HEAD")
-    if sha is None:
-        raise fail(
-            f"--repo {repo}: {commit or 'HEAD'!r} names no commit there (pass a git checkout "
-            f"with at least one commit, or an existing --commit)"
-        )
-    return repo.resolve(), sha
+LocalOption = Annotated[
+    bool,
+    typer.Option(
+        "--local", help="Load the embedding model in this process instead of asking the worker"
+    ),
+]
 
 
 def index(
@@ -74,6 +48,7 @@ def index(
     commit: Annotated[
         str | None, typer.Option("--commit", help="Commit to index (default: head)")
     ] = None,
+    local: LocalOption = False,
     config: ConfigOption = DEFAULT_CONFIG,
     as_json: JsonOption = False,
 ) -> None:
@@ -84,23 +59,28 @@ def index(
     if service is not None and service not in loaded.services:
         raise fail(f"{loaded.source}: no service {service!r} in [services]", code=2)
 
-    from remedy.index.core import code_index, repo_key
-    from remedy.index.store import StoreError
+    from remedy import names
+    from remedy.index.service import IndexJob
+    from remedy.models import IndexResult
+    from starter.index_progress import IndexProgress
 
-    if service is not None:
-        checkout, sha = _checkout_for_service(loaded, service, commit)
-        key = repo_key(loaded, service, str(checkout))
-    elif repo is not None:
-        checkout, sha = _checkout_for_path(repo, commit)
-        key = repo_key(loaded, None, str(checkout))
-    try:
-        with code_index(loaded, _store_for(loaded, f"`remedy index {service or repo}`")) as code:
-            if as_json or not sys.stderr.isatty():
-                result = code.index(key, checkout, sha)
-            else:
-                result = _index_with_bar(code, key, checkout, sha)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    job = IndexJob(
+        service=service, repo=str(repo.resolve()) if repo else None, commit=commit
+    )  # fmt: skip
+    with IndexProgress(bar=False if as_json else None) as shown:
+        result = None
+        if not local:
+            result = _on_worker(
+                loaded,
+                names.ACTIVITY_INDEX_ON_REQUEST,
+                job,
+                IndexResult,
+                run_timeout_s=INDEX_RUN_TIMEOUT_S,
+                attempts=3,
+                on_details=shown.details,
+            )
+        if result is None:
+            result = _index_here(loaded, job, shown.update)
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
         return
@@ -109,6 +89,34 @@ def index(
         f"({result.embedded} embedded, {result.reused} reused, {result.deleted} deleted) "
         f"in {result.seconds:.1f}s"
     )
+
+
+def _on_worker(
+    config: RemedyConfig, activity: str, arg: Any, result_type: type[T], **options: Any
+) -> T | None:
+    """The index worker's answer; None when no stack runs (the command then works here)."""
+    from starter.index_worker import WorkerRefused, ask
+
+    try:
+        return ask(config, activity, arg, result_type, **options)
+    except WorkerRefused as exc:
+        raise fail(str(exc)) from None
+
+
+def _index_here(
+    config: RemedyConfig, job: IndexJob, progress: Callable[[str, int, int], None]
+) -> IndexResult:
+    from remedy.index.core import code_index
+    from remedy.index.service import IndexRefused, run_index
+    from remedy.index.store import StoreError
+
+    what = f"`remedy index {job.service or job.repo}`"
+    try:
+        return run_index(
+            lambda: code_index(config, _store_for(config, what)), config, job, progress
+        )
+    except (IndexRefused, StoreError) as exc:
+        raise fail(str(exc)) from None
 
 
 def _store_for(config: RemedyConfig, holder: str) -> Callable[[], VectorStore]:
@@ -126,24 +134,6 @@ def _store_for(config: RemedyConfig, holder: str) -> Callable[[], VectorStore]:
     return lambda: open_vector_store(config, holder=holder, on_wait=say)
 
 
-def _index_with_bar(code: CodeIndex, key: str, checkout: Path, sha: str) -> IndexResult:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("listing files", total=None)
-
-        def update(stage: str, done: int, total: int) -> None:
-            bar.update(task, description=stage, completed=done, total=total or None)
-
-        return code.index(key, checkout, sha, progress=update)
-
-
 def search(
     service: Annotated[str, typer.Argument(help="Service from remedy.toml")],
     query: Annotated[str, typer.Argument(help="A question or identifiers, in plain words")],
@@ -151,6 +141,7 @@ def search(
     commit: Annotated[
         str | None, typer.Option("--commit", help="An indexed commit (default: the latest)")
     ] = None,
+    local: LocalOption = False,
     config: ConfigOption = DEFAULT_CONFIG,
     as_json: JsonOption = False,
 ) -> None:
@@ -159,47 +150,55 @@ def search(
     if service not in loaded.services:
         raise fail(f"{loaded.source}: no service {service!r} in [services]", code=2)
 
-    from remedy.index.core import code_index, repo_key
-    from remedy.index.store import StoreError
+    from remedy import names
+    from remedy.index.service import SearchAnswer, SearchRequest
 
-    key = repo_key(loaded, service, "")
-    try:
-        with code_index(loaded, _store_for(loaded, f"`remedy search {service}`")) as code:
-            indexed = code.indexed_commits(key)
-            if not indexed:
-                raise fail(f"{service} is not indexed yet (run `remedy index {service}` first)")
-            target = indexed[-1]
-            if commit:
-                matches = [c for c in indexed if c.startswith(commit)]
-                if len(matches) != 1:
-                    raise fail(
-                        f"--commit {commit}: not one of the indexed commits of {service} "
-                        f"({', '.join(c[:12] for c in indexed)}; `remedy index {service} "
-                        f"--commit SHA` adds one)"
-                    )
-                target = matches[0]
-            hits = code.search(key, target, [query], limit)[:limit]
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    request = SearchRequest(service=service, query=query, limit=limit, commit=commit)
+    answer = None
+    if not local:
+        answer = _on_worker(
+            loaded,
+            names.ACTIVITY_SEARCH_INDEX,
+            request,
+            SearchAnswer,
+            run_timeout_s=SEARCH_RUN_TIMEOUT_S,
+        )
+    if answer is None:
+        answer = _search_here(loaded, request)
     if as_json:
-        payload = {"service": service, "commit": target, "query": query,
-                   "hits": [h.as_json() for h in hits]}  # fmt: skip
-        typer.echo(json.dumps(payload, indent=2))
+        typer.echo(answer.model_dump_json(indent=2))
         return
-    if not hits:
+    if not answer.hits:
         typer.echo("no matches")
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"{service} @ {target[:12]}: {query}")
+    from remedy.render.sanitize import visible
+
+    table = Table(title=Text(visible(f"{service} @ {answer.commit[:12]}: {query}")))
     table.add_column("score", justify="right")
     table.add_column("where")
     table.add_column("symbol")
-    for hit in hits:
-        where = f"{hit.path}:{hit.start_line}-{hit.end_line}"
-        table.add_row(f"{hit.score:.3f}", where, hit.symbol or "")
+    for hit in answer.hits:
+        where = f"{hit['path']}:{hit['start_line']}-{hit['end_line']}"
+        table.add_row(
+            f"{hit['score']:.3f}", Text(visible(where)), Text(visible(hit["symbol"] or ""))
+        )
     Console().print(table)
+
+
+def _search_here(config: RemedyConfig, request: SearchRequest) -> SearchAnswer:
+    from remedy.index.core import code_index
+    from remedy.index.service import IndexRefused, search
+    from remedy.index.store import StoreError
+
+    try:
+        with code_index(config, _store_for(config, f"`remedy search {request.service}`")) as code:
+            return search(code, config, request)
+    except (IndexRefused, StoreError) as exc:
+        raise fail(str(exc)) from None
 
 
 def register(app: typer.Typer) -> None:

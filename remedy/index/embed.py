@@ -170,3 +170,11 @@ def get_embedder(config: EmbeddingsConfig) -> Embedder:
             embedder = Embedder(location, identity, config.precision, config.batch_size)
             _EMBEDDERS[key] = embedder
         return embedder
+
+
+def warm_embedder(config: EmbeddingsConfig) -> Embedder:
+    """`get_embedder`, then one forward pass: a worker pays both at start, not on the first
+    incident or question it serves."""
+    embedder = get_embedder(config)
+    embedder.embed(["warm up the model"])
+    return embedder
