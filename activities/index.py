@@ -89,7 +89,7 @@ def _focus(index: CodeIndex, repo: str, request: IndexRequest) -> list[str] | No
         except OSError:
             return ""
 
-    return focus_paths(located, [f.path for f in files], read) or None
+    return focus_paths(located, {f.path: f.size for f in files}, read) or None
 
 
 def _report_wait(holder: str) -> None:

@@ -442,8 +442,9 @@ async def test_an_incident_does_not_queue_behind_a_long_index_run(
 
 
 def test_the_focus_is_the_frames_their_imports_and_their_packages() -> None:
-    files = ["app/__init__.py", "app/checkout.py", "app/cart.py", "app/util/money.py",
-             "lib/far.py", "lib/other.py", "README.md", "src/shop/tax.py"]  # fmt: skip
+    sizes = {"app/__init__.py": 10, "app/checkout.py": 900, "app/cart.py": 300,
+             "app/util/money.py": 200, "lib/far.py": 5000, "lib/other.py": 100,
+             "README.md": 50, "src/shop/tax.py": 400}  # fmt: skip
     sources = {
         "lib/far.py": "from app.util import money\nfrom . import other\nimport shop.tax\n",
         "app/checkout.py": "from .cart import cart_total\nimport json\n",
@@ -453,15 +454,22 @@ def test_the_focus_is_the_frames_their_imports_and_their_packages() -> None:
         Located(Frame(file="/srv/app/checkout.py", line=6), "app/checkout.py"),
     ]
 
-    focus = focus_paths(located, files, lambda path: sources.get(path, ""))
+    def read(path: str) -> str:
+        return sources.get(path, "")
 
-    # Innermost frame first, then what it imports (absolute, relative, under a src/ root),
-    # then the other frame and its import, then the frames' packages; never README.md.
-    assert focus[:5] == [
-        "lib/far.py", "app/checkout.py", "app/util/money.py", "lib/other.py", "src/shop/tax.py"
+    # The frames' files (innermost first), then what they import (absolute, relative, under
+    # a src/ root), then their packages' files; never README.md.
+    assert focus_paths(located, sizes, read) == [
+        "lib/far.py", "app/checkout.py", "app/util/money.py", "lib/other.py", "src/shop/tax.py",
+        "app/cart.py", "app/__init__.py",
     ]  # fmt: skip
-    assert set(focus) == {*focus[:5], "app/cart.py", "app/__init__.py"}
-    assert focus_paths(located, files, lambda path: "def broken(:\n", limit=1) == ["lib/far.py"]
+    # Beyond the frames, only what fits the budget, most useful first.
+    assert focus_paths(located, sizes, read, budget_bytes=350) == [
+        "lib/far.py", "app/checkout.py", "app/util/money.py", "lib/other.py", "app/__init__.py"
+    ]  # fmt: skip
+    assert focus_paths(located, sizes, lambda path: "def broken(:\n", budget_bytes=0) == [
+        "lib/far.py", "app/checkout.py"
+    ]  # fmt: skip
 
 
 async def test_a_cold_repository_indexes_the_focus_first_then_completes(

@@ -11,40 +11,48 @@ path (workflows/index.py).
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
 
 from remedy.index.related import Located
 
-# Enough for the frames, their imports and their packages; few enough to embed in seconds.
-MAX_FOCUS_FILES = 200
+# Beyond the frames' own files, at most this much source: small enough to embed in seconds
+# on a CPU (about 300-500 chunks), a few per cent of a large repository.
+FOCUS_BUDGET_BYTES = 256 * 1024
 _SOURCE_SUFFIXES = (".py", ".js", ".ts", ".go", ".java", ".rb", ".rs")
 
 
 def focus_paths(
     located: Sequence[Located],
-    repo_files: Sequence[str],
+    repo_files: Mapping[str, int],
     read: Callable[[str], str],
-    limit: int = MAX_FOCUS_FILES,
+    budget_bytes: int = FOCUS_BUDGET_BYTES,
 ) -> list[str]:
-    """Repository paths to index first, most useful first, at most `limit`; `read` gives a
-    file's text at the incident's commit ("" when it cannot)."""
-    modules = _module_index(repo_files)
-    chosen: dict[str, None] = {}
+    """Repository paths to index first, most useful first: the frames' files always, then
+    their imports and their packages' files while they fit `budget_bytes`. `repo_files`
+    maps each indexable path to its size; `read` gives a file's text at the incident's
+    commit ("" when it cannot)."""
+    modules = _module_index(list(repo_files))
     frame_files = list(dict.fromkeys(item.path for item in located))
-    chosen.update(dict.fromkeys(frame_files))
+    candidates: dict[str, None] = {}
     for path in frame_files:
         if path.endswith(".py"):
-            chosen.update(dict.fromkeys(_imported_files(path, read(path), modules)))
+            candidates.update(dict.fromkeys(_imported_files(path, read(path), modules)))
     packages = {str(PurePosixPath(path).parent) for path in frame_files}
-    chosen.update(
+    candidates.update(
         dict.fromkeys(
             path
             for path in repo_files
             if str(PurePosixPath(path).parent) in packages and path.endswith(_SOURCE_SUFFIXES)
         )
     )
-    return list(chosen)[:limit]
+    chosen, used = list(frame_files), 0
+    for path in candidates:
+        size = repo_files.get(path, 0)
+        if path not in chosen and used + size <= budget_bytes:
+            chosen.append(path)
+            used += size
+    return chosen
 
 
 def _module_index(repo_files: Sequence[str]) -> dict[str, str]:
