@@ -76,6 +76,7 @@ class Outcome:
     baseline_function_rank: int | None
     index: IndexResult
     seconds: float
+    to_diagnosing: float
     files: list[str]
     chunks: list[str]
 
@@ -155,7 +156,10 @@ def same_function(chunk: str, fix: str) -> bool:
     return path == fix_path and (symbol == fix_symbol or fix_symbol.endswith(f".{symbol}"))
 
 
-def run_case(case: dict[str, Any], data: Path, work: Path) -> Outcome:
+def run_case(case: dict[str, Any], data: Path, work: Path, *, with_frames: bool = False) -> Outcome:
+    """The case through the evidence activities. `with_frames` hands index_repo the
+    incident's frames as the workflow does, so a never-indexed repository gets its focus
+    index (remedy.index.focus) rather than a full one."""
     started = time.perf_counter()
     service = service_name(case["project"])
     repo, commit = project_repository(case, data, work)
@@ -173,11 +177,13 @@ def run_case(case: dict[str, Any], data: Path, work: Path) -> Outcome:
     )
     start = build_incident_start(event, config)
     incident = f"bench-{case['id']}"
+    pipeline_started = time.perf_counter()
     worktree: Worktree = env.run(
         gits.sync_repo, SyncRequest(incident_id=incident, service=service, release=commit)
     )
+    frames = start.event.frames if with_frames else []
     indexed: IndexResult = env.run(
-        index.index_repo, IndexRequest(worktree=worktree, incident_id=incident)
+        index.index_repo, IndexRequest(worktree=worktree, incident_id=incident, frames=frames)
     )
     # What the workflow hands both activities: the incident's error and parsed frames.
     about: dict[str, Any] = {
@@ -188,6 +194,7 @@ def run_case(case: dict[str, Any], data: Path, work: Path) -> Outcome:
     }
     evidence: Evidence = env.run(gits.investigate, InvestigateRequest(**about))
     related: RelatedResult = env.run(index.find_related, RelatedRequest(**about))
+    to_diagnosing = time.perf_counter() - pipeline_started
     full = evidence.model_copy(
         update={
             "related_code": related.related_code,
@@ -210,6 +217,7 @@ def run_case(case: dict[str, Any], data: Path, work: Path) -> Outcome:
         ),
         index=indexed,
         seconds=time.perf_counter() - started,
+        to_diagnosing=to_diagnosing,
         files=files,
         chunks=chunks,
     )
@@ -257,23 +265,33 @@ def main() -> None:
         help="scratch repositories and the persistent index store",
     )
     parser.add_argument("--json", type=Path, help="also write every outcome here")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="every case on a never-indexed store, its frames handed to index_repo as the "
+        "workflow does (the focus index a service's first incident gets)",
+    )
     arguments = parser.parse_args()
     cases = load_cases(arguments.data, arguments.kind, [c for c in arguments.cases.split(",") if c])
     arguments.work.mkdir(parents=True, exist_ok=True)
     print(
         f"{'case':<18} {'kind':<9} {'file':>4} {'func':>4} | {'base file':>9} {'base func':>9} "
-        f"| {'chunks':>6} {'embedded':>8} {'index s':>7} {'total s':>7}",
+        f"| {'chunks':>6} {'embedded':>8} {'index s':>7} {'to diag':>7} {'total s':>7}",
         flush=True,
     )
     outcomes: list[Outcome] = []
     for case in cases:
-        outcome = run_case(case, arguments.data, arguments.work)
+        work = arguments.work / "cold" / case["id"] if arguments.cold else arguments.work
+        if arguments.cold:
+            shutil.rmtree(work, ignore_errors=True)
+        outcome = run_case(case, arguments.data, work, with_frames=arguments.cold)
         outcomes.append(outcome)
         print(
             f"{outcome.case:<18} {outcome.kind:<9} {_mark(outcome.file_rank):>4} "
             f"{_mark(outcome.function_rank):>4} | {_mark(outcome.baseline_file_rank):>9} "
             f"{_mark(outcome.baseline_function_rank):>9} | {outcome.index.chunks:>6} "
-            f"{outcome.index.embedded:>8} {outcome.index.seconds:>7.1f} {outcome.seconds:>7.1f}",
+            f"{outcome.index.embedded:>8} {outcome.index.seconds:>7.1f} "
+            f"{outcome.to_diagnosing:>7.1f} {outcome.seconds:>7.1f}",
             flush=True,
         )
     print()

@@ -1,0 +1,83 @@
+"""A service's first incident on a never-indexed repository: time to `diagnosing` against the
+repository's full cold index, side by side in one run.
+
+One real bug of `../shared/bench/realbugs` (default tornado-7: tornado is about 5,600 chunks)
+runs through bench/localize.py's pipeline on a fresh store, with the incident's frames
+handed to `index_repo` as the workflow does: sync_repo, the focus index, investigate,
+find_related, i.e. everything before the diagnosis starts. Then the same tree is indexed in
+full on another fresh store (`index_repo` with `complete=True`, what IndexWorkflow runs after
+the incident). Printed: both times, their ratio (goal <= 10 %), what each indexed, and where
+the fix file ranks in the evidence the diagnosis would see.
+
+    nice .venv/bin/python bench/first_incident.py [--case tornado-7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from temporalio.testing import ActivityEnvironment
+
+from activities.git import GitActivities
+from activities.index import IndexActivities
+from bench.localize import (
+    FILE_TOP,
+    REALBUGS,
+    config_for,
+    load_cases,
+    project_repository,
+    run_case,
+    service_name,
+)
+from remedy.artifacts import ArtifactStore
+from remedy.models import IndexRequest, IndexResult, SyncRequest
+
+
+def full_cold_index(case: dict[str, object], data: Path, work: Path) -> tuple[IndexResult, float]:
+    service = service_name(str(case["project"]))
+    repo, commit = project_repository(case, data, work)
+    config = config_for(work, {service: repo})
+    store = ArtifactStore(config.artifacts_dir)
+    env = ActivityEnvironment()
+    worktree = env.run(
+        GitActivities(config, store).sync_repo,
+        SyncRequest(incident_id="bench-full", service=service, release=commit),
+    )
+    started = time.perf_counter()
+    result: IndexResult = env.run(
+        IndexActivities(config, store).index_repo,
+        IndexRequest(worktree=worktree, incident_id="bench-full", complete=True),
+    )
+    return result, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", default="tornado-7")
+    parser.add_argument("--data", type=Path, default=REALBUGS)
+    arguments = parser.parse_args()
+    [case] = load_cases(arguments.data, None, [arguments.case])
+    with tempfile.TemporaryDirectory(prefix="remedy-first-incident-") as scratch:
+        first = run_case(case, arguments.data, Path(scratch) / "first", with_frames=True)
+        print(f"first incident: {first.to_diagnosing:.1f} s to diagnosing, "
+              f"{first.index.files} files / {first.index.chunks} chunks indexed "
+              f"(complete: {first.index.complete}); fix file in the evidence: "
+              f"{'#' + str(first.file_rank) if first.file_rank else f'not in the top {FILE_TOP}'}",
+              flush=True)  # fmt: skip
+        full, seconds = full_cold_index(case, arguments.data, Path(scratch) / "full")
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"full cold index: {seconds:.1f} s, {full.files} files / {full.chunks} chunks "
+          f"({full.backend})")  # fmt: skip
+    print(f"first incident to diagnosing / full cold index: "
+          f"{100 * first.to_diagnosing / seconds:.1f} % (goal <= 10 %)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
