@@ -13,8 +13,9 @@ its own fingerprint. The index is warmed once at the service's commit, one incid
 unmeasured (the first after start imports and connects what later ones reuse), then N
 incidents run one after the other, each timed from the POST to the moment the loopback Slack
 holds its message with an Approve button. Printed: p50/p95, the share of that time spent
-inside the model's responses (server side of the double) and outside them, and the phases
-from each incident's status history.
+inside the model's responses (server side of the double) and outside them, the sandboxed
+test runs each verification started or reused, and the phases from each incident's status
+history.
 
     .venv/bin/python bench/e2e.py [--incidents 20] [--no-tests]
 """
@@ -309,6 +310,8 @@ class Measured:
     llm_seconds: float
     phases: dict[str, float]
     fingerprint: str
+    ran: list[float]  # seconds of each sandboxed run verify_patch started
+    reused: int  # runs it took from an identical earlier one instead
 
 
 async def run_incident(
@@ -342,12 +345,15 @@ async def run_incident(
                 raise SystemExit(f"{incident_id} still {status.phase} after {INCIDENT_TIMEOUT_S}s")
     done, done_wall = slack.buttons_at[incident_id]
     status = await handle.query(IncidentWorkflow.status)
+    runs = status.verification.runs if status.verification else []
     return Measured(
         incident_id=incident_id,
         seconds=done - posted,
         llm_seconds=sum(end - start for start, end in llm.spans if posted <= start <= done),
         phases=phase_seconds(status, posted_wall, done_wall),
         fingerprint=status.fingerprint,
+        ran=[run.duration_s for run in runs if not run.cached_from],
+        reused=sum(1 for run in runs if run.cached_from),
     )
 
 
@@ -460,8 +466,15 @@ def report(first: Measured, measured: list[Measured], tests: bool) -> None:
         f"inside the LLM double      {100 * llm / total:.1f}% "
         f"({1000 * llm / len(measured):.0f} ms per incident); "
         f"outside it {100 * (total - llm) / total:.1f}%",
-        "where the time goes (mean per incident, share of the total):",
     ]
+    ran = [seconds for m in measured for seconds in m.ran]
+    if ran or any(m.reused for m in measured):
+        rows.append(
+            f"sandboxed runs per incident {len(ran) / len(measured):.1f} ran "
+            f"(mean {statistics.mean(ran) if ran else 0:.2f} s each), "
+            f"{sum(m.reused for m in measured) / len(measured):.1f} reused"
+        )
+    rows.append("where the time goes (mean per incident, share of the total):")
     by_phase: dict[str, list[float]] = defaultdict(list)
     for m in measured:
         for phase, spent in m.phases.items():
