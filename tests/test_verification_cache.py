@@ -170,6 +170,18 @@ def test_a_torn_entry_reads_as_a_miss(tmp_path: Path) -> None:
     assert cache.get("k3") is None  # a timed-out run is not kept
 
 
+def test_the_oldest_entries_make_room(tmp_path: Path) -> None:
+    cache = RunCache(tmp_path, max_entries=2)
+    record = RunRecord(0, False, None, 0.1, 1, 0, log=b"1 passed\n", commit="a" * 40)
+    for number, key in enumerate(("old", "middle", "new")):
+        cache.put(key, record)
+        os.utime(tmp_path / f"{key}.json", ns=(number * 10**9, number * 10**9))
+    cache.put("newest", record)
+    assert cache.get("old") is None and not (tmp_path / "old.log").exists()
+    assert cache.get("middle") is None
+    assert cache.get("new") == record and cache.get("newest") == record
+
+
 async def test_unsandboxed_runs_are_never_reused(tmp_path: Path) -> None:
     # Tests that run as the worker could have written the cache themselves.
     shop = Shop(tmp_path, MARKED + "true", _exposing(tmp_path, allow_unsandboxed=True))

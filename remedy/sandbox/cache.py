@@ -16,6 +16,7 @@ that does not exist or a log without one; either reads as a miss.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,11 +30,14 @@ from remedy.sandbox.limits import SandboxLimits
 from remedy.sandbox.runner import Confinement, scrubbed_env
 
 FORMAT = 1
+MAX_ENTRIES = 2000  # the oldest go first; a run no longer kept only costs running it again
 
 
 def environment_of(confinement: Confinement, limits: SandboxLimits) -> str:
     """A hash of everything outside the copy that a run's result depends on."""
     packages = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    for shown in getattr(confinement, "read_only", ()):  # the installations a run can read
+        packages.update(str(path) for path in Path(shown).glob("lib/python*/site-packages"))
     described = {
         "format": FORMAT,
         "confinement": type(confinement).__name__,
@@ -83,8 +87,10 @@ class RunRecord:
 class RunCache:
     """Finished runs by `RunInputs.key()`, in a folder no test run can see."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_entries: int = MAX_ENTRIES) -> None:
+        self._root = root
         self._store = ArtifactStore(root)
+        self._max_entries = max_entries
 
     def get(self, key: str) -> RunRecord | None:
         try:
@@ -110,6 +116,19 @@ class RunCache:
         self._store.put_json(
             f"{key}.json", {**record, "format": FORMAT, "log_sha256": stored.sha256}
         )
+        self._prune()
+
+    def _prune(self) -> None:
+        """Keep the newest `max_entries`: the record goes first, so a reader sees a miss."""
+        entries = []
+        for entry in os.scandir(self._root):
+            if entry.name.endswith(".json"):
+                with contextlib.suppress(OSError):
+                    entries.append((entry.stat().st_mtime_ns, entry.path))
+        for _, record in sorted(entries)[: max(len(entries) - self._max_entries, 0)]:
+            for path in (record, record.removesuffix(".json") + ".log"):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
 
 def _digest(value: object) -> str:
