@@ -16,9 +16,9 @@ from pathlib import PurePosixPath
 
 from remedy.index.related import Located
 
-# Beyond the frames' own files, at most this much source: small enough to embed in seconds
-# on a CPU (about 300-500 chunks), a few per cent of a large repository.
-FOCUS_BUDGET_BYTES = 256 * 1024
+# Beyond the frames' own files, at most this much source: about 200 chunks, embedded in
+# seconds on a CPU, a few per cent of a large repository (tornado: 5,600 chunks).
+FOCUS_BUDGET_BYTES = 96 * 1024
 _SOURCE_SUFFIXES = (".py", ".js", ".ts", ".go", ".java", ".rb", ".rs")
 
 
