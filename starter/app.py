@@ -5,7 +5,7 @@ Every rejection happens before anything starts and before the costly part: token
 nesting depth, JSON, per-field sizes, schema, service. Only then are the report's redaction
 and traceback parsing done, in worker processes for large reports (`IncidentBuilder`); a
 body the service sent before skips all of it after the token and size checks
-(starter/recent_reports.py), which is what keeps a storm as cheap as a bare endpoint.
+(starter/recent_reports.py), so a storm costs about what a bare endpoint does.
 About 450 lines: the routes, the checks they share and the pool stay on one screen each.
 """
 
@@ -74,7 +74,9 @@ def _problem_response(_: Request, exc: Exception) -> JSONResponse:
 # ---------------------------------------------------------------------------- dependencies
 
 
-def get_config(request: Request) -> RemedyConfig:
+async def get_config(request: Request) -> RemedyConfig:
+    # async: FastAPI runs a plain `def` dependency on a thread, a hop per request that cost
+    # the intake more than everything else it does for a repeated report (bench/intake_storm.py).
     config: RemedyConfig = request.app.state.config
     return config
 
@@ -276,7 +278,9 @@ async def report_start(reporter: Reporter, start: IncidentStart) -> IntakeRespon
     REPORT_DEADLINE_S (the client library would retry an unreachable server for longer than
     a sender waits)."""
     try:
-        return await asyncio.wait_for(reporter.report(start), REPORT_DEADLINE_S)
+        # A deadline, not wait_for: no task per report (a storm's reports return at once).
+        async with asyncio.timeout(REPORT_DEADLINE_S):
+            return await reporter.report(start)
     except TimeoutError:
         log.warning("Temporal did not take %s/%s in time", start.service, start.fingerprint)
         raise HTTPProblem(
@@ -311,7 +315,9 @@ router = APIRouter()
     },
     summary="Report an error; opens or joins the incident for its fingerprint",
 )
-async def report_error(request: Request, config: ConfigDep) -> JSONResponse:
+async def report_error(request: Request) -> JSONResponse:
+    # The config without a dependency: resolving one costs a storm's report more than the rest.
+    config: RemedyConfig = request.app.state.config
     service = token_service(config, presented_token(request))
     if service is None and not services_without_token(config):
         raise invalid_token(config, None)
