@@ -11,7 +11,8 @@ as the visibility list (what the UI's list reads) shows it: the lag is how long 
 oldest accepted report not yet in that count was answered.
 
 A request that meets a keep-alive connection the server closed (httpx ReadError /
-RemoteProtocolError) is sent again; the retries are reported.
+RemoteProtocolError) is sent again, and so is one answered 429/503 with Retry-After, after
+that wait (as the client library does); both kinds of retry are reported.
 
     .venv/bin/python bench/intake_storm.py [--reports 10000] [--concurrency 64] [--slice 1000]
 """
@@ -79,19 +80,29 @@ class Target:
     http: httpx.AsyncClient
     seconds: float = 0.0
     retries: int = 0
+    told_to_retry: int = 0
     accepted_at: list[float] = field(default_factory=list)
     workflow_id: str = ""
 
     async def post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
         for attempt in range(ATTEMPTS):
+            last = attempt == ATTEMPTS - 1
             try:
-                return await self.http.post(self.url, content=body, headers=headers)
+                response = await self.http.post(self.url, content=body, headers=headers)
             except (httpx.ReadError, httpx.RemoteProtocolError):
                 # A keep-alive connection the server closed under us (a busy machine). Were
                 # the first copy counted after all, the exact-count line below would say so.
-                if attempt == ATTEMPTS - 1:
+                if last:
                     raise
                 self.retries += 1
+                continue
+            retry_after = response.headers.get("retry-after")
+            if response.status_code in (429, 503) and retry_after and not last:
+                # What the client library does with "retry": wait as told, send again.
+                self.told_to_retry += 1
+                await asyncio.sleep(float(retry_after))
+                continue
+            return response
         raise AssertionError("unreachable")
 
     async def blast(self, body: bytes, reports: int, concurrency: int) -> None:
@@ -276,7 +287,8 @@ async def main(reports: int, concurrency: int, slice_size: int) -> None:
     print(f"intake throughput         {intake_rate:,.0f} reports/s ({intake.seconds:.2f} s)")
     print(f"bare endpoint throughput  {bare_rate:,.0f} reports/s ({bare.seconds:.2f} s)")
     print(f"intake / bare             {intake_rate / bare_rate:.2f}")
-    print(f"client retries            intake {intake.retries}, bare {bare.retries}")
+    print(f"retries, closed conn.     intake {intake.retries}, bare {bare.retries}")
+    print(f"told to retry (429/503)   intake {intake.told_to_retry}, bare {bare.told_to_retry}")
     print(f"occurrences lag describe  {lags['describe'].summary()}")
     print(f"occurrences lag list      {lags['list'].summary()}")
 
