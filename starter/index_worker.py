@@ -87,7 +87,7 @@ async def _ask(
         return None
     queue = index_queue(config)
     try:
-        if not await _worker_polls(client, queue):
+        if not await worker_polls(client, queue):
             fallback(f"no index worker polls task queue {queue!r}")
             return None
         handle = await client.start_activity(
@@ -124,12 +124,15 @@ async def _ask(
             fallback(f"no index worker took the request within {PICKUP_TIMEOUT_S:.0f}s")
             return None
         message = getattr(cause, "message", None) or str(cause)
+        if isinstance(cause, ApplicationError) and cause.type == "NotFoundError":
+            fallback(f"the worker on {queue!r} has no {activity} activity (an older Remedy)")
+            return None
         if isinstance(cause, ApplicationError):
             raise WorkerRefused(message) from None
         raise WorkerRefused(f"the index worker failed: {message}") from None
 
 
-async def _worker_polls(client: Client, queue: str) -> bool:
+async def worker_polls(client: Client, queue: str) -> bool:
     described = await client.workflow_service.describe_task_queue(
         DescribeTaskQueueRequest(
             namespace=client.namespace,

