@@ -34,7 +34,7 @@ from workflows.incident import IncidentWorkflow
 log = logging.getLogger(__name__)
 
 _IDLE_EVICT_S = 600.0
-# Each call to a server that accepts the connection but does not answer gives up after this
+# A look-up at a server that accepts the connection but does not answer gives up after this
 # (an unreachable one is retried by the client library: the intake bounds the whole report).
 _RPC_TIMEOUT = timedelta(seconds=3)
 # A recurrence run's memo names the incident it counts for, so every intake replica that
@@ -276,9 +276,9 @@ class TemporalReporter:
         )
         try:
             self.temporal_calls += 1
-            await handle.signal(
-                IncidentWorkflow.occurrence, OccurrenceSignal(count=count), rpc_timeout=_RPC_TIMEOUT
-            )
+            # No short deadline here: a signal that timed out on our side may still have been
+            # delivered, and sending the batch again would count it twice.
+            await handle.signal(IncidentWorkflow.occurrence, OccurrenceSignal(count=count))
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
