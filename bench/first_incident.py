@@ -61,6 +61,10 @@ def full_cold_index(case: dict[str, object], data: Path, work: Path) -> tuple[In
     return result, time.perf_counter() - started
 
 
+def _steps(steps: dict[str, float]) -> str:
+    return ", ".join(f"{step} {seconds:.1f} s" for step, seconds in steps.items())
+
+
 def _rank(rank: int | None) -> str:
     return f"#{rank}" if rank else f"not in the top {FILE_TOP}"
 
@@ -78,7 +82,7 @@ def main() -> None:
         print(f"first incident: {first.to_diagnosing:.1f} s to diagnosing, "
               f"{first.index.files} files / {first.index.chunks} chunks indexed "
               f"(complete: {first.index.complete}); fix file in the evidence: "
-              f"{_rank(first.file_rank)}", flush=True)  # fmt: skip
+              f"{_rank(first.file_rank)}; steps: {_steps(first.steps)}", flush=True)  # fmt: skip
         full, seconds = full_cold_index(case, arguments.data, Path(scratch) / "full")
         print(f"full cold index: {seconds:.1f} s, {full.files} files / {full.chunks} chunks "
               f"({full.backend})", flush=True)  # fmt: skip

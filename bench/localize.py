@@ -77,6 +77,7 @@ class Outcome:
     index: IndexResult
     seconds: float
     to_diagnosing: float
+    steps: dict[str, float]
     files: list[str]
     chunks: list[str]
 
@@ -178,12 +179,22 @@ def run_case(case: dict[str, Any], data: Path, work: Path, *, with_frames: bool 
     start = build_incident_start(event, config)
     incident = f"bench-{case['id']}"
     pipeline_started = time.perf_counter()
-    worktree: Worktree = env.run(
-        gits.sync_repo, SyncRequest(incident_id=incident, service=service, release=commit)
+    steps: dict[str, float] = {}
+
+    def timed(step: str, function: Any, request: Any) -> Any:
+        began = time.perf_counter()
+        result = env.run(function, request)
+        steps[step] = time.perf_counter() - began
+        return result
+
+    worktree: Worktree = timed(
+        "sync", gits.sync_repo, SyncRequest(incident_id=incident, service=service, release=commit)
     )
     frames = start.event.frames if with_frames else []
-    indexed: IndexResult = env.run(
-        index.index_repo, IndexRequest(worktree=worktree, incident_id=incident, frames=frames)
+    indexed: IndexResult = timed(
+        "index",
+        index.index_repo,
+        IndexRequest(worktree=worktree, incident_id=incident, frames=frames),
     )
     # What the workflow hands both activities: the incident's error and parsed frames.
     about: dict[str, Any] = {
@@ -192,8 +203,8 @@ def run_case(case: dict[str, Any], data: Path, work: Path, *, with_frames: bool 
         "error": start.event.error,
         "frames": start.event.frames,
     }
-    evidence: Evidence = env.run(gits.investigate, InvestigateRequest(**about))
-    related: RelatedResult = env.run(index.find_related, RelatedRequest(**about))
+    evidence: Evidence = timed("investigate", gits.investigate, InvestigateRequest(**about))
+    related: RelatedResult = timed("related", index.find_related, RelatedRequest(**about))
     to_diagnosing = time.perf_counter() - pipeline_started
     full = evidence.model_copy(
         update={
@@ -218,6 +229,7 @@ def run_case(case: dict[str, Any], data: Path, work: Path, *, with_frames: bool 
         index=indexed,
         seconds=time.perf_counter() - started,
         to_diagnosing=to_diagnosing,
+        steps=steps,
         files=files,
         chunks=chunks,
     )
