@@ -126,6 +126,7 @@ class CountingEmbedder:
         self.identity = inner.identity
         self.dimension = inner.dimension
         self.backend = inner.backend
+        self.batch_size = inner.batch_size
         self.texts: list[str] = []
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
