@@ -15,8 +15,10 @@ bench/index.py chooses them), in one process, one after the other:
   overlap of each query's first 10 hits with float32 torch's.
 
 ONNX Runtime, OpenVINO and NNCF are not product dependencies: install them into any
-environment that sees the product's packages to measure them; a candidate whose package is
-missing is reported as such. Figures also go to bench/out/embed_backends.json.
+environment that sees the product's packages to measure them. A candidate whose package is
+missing, or bfloat16 on a CPU that only emulates it, is reported instead of timed. Figures
+also go to bench/out/embed_backends.json. (Over 450 lines on purpose: fourteen loaders of a
+few lines each, read side by side, are the point of the file.)
 """
 
 from __future__ import annotations
