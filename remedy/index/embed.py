@@ -3,9 +3,11 @@
 The model is loaded once per process (`get_embedder`) and shared by every activity thread;
 calls are serialised because two concurrent forward passes on the same cores only slow each
 other down. On a CPU that computes bfloat16 natively (AVX512-BF16 or AMX) the model runs in
-bfloat16: on the 2-core development machine that is 1.5-1.7x the float32 throughput with a
-cosine of at least 0.998 to the float32 vectors (bench/README.md, "Code index"). ONNX
-Runtime int8 was measured too and was both slower and less faithful there.
+bfloat16: on an AVX512-BF16 development machine that was 1.5-1.7x the float32 throughput
+with a cosine of at least 0.998 to the float32 vectors (bench/README.md, "Code index");
+elsewhere it stays float32, since emulated bfloat16 is several times slower. On an AVX2-only
+CPU, ONNX Runtime int8 with per-channel scales reached 1.84x float32 but changed the vectors
+(cosine >= 0.984) and the rankings, so torch stays (bench/README.md, "Embedding backends").
 
 The lexical vector is BM25 over identifiers: `parse_frame` also counts as `parse`, `frame`
 and `parse_frame`, `HTTPClient` as `http`, `client` and `httpclient`. Documents carry the
