@@ -174,7 +174,9 @@ async def test_search_and_index_through_the_running_index_worker(
         assert FALLBACK not in err and "model library loaded: False" in err, err
         indexed = json.loads(out)
         assert indexed["chunks"] > 20 and indexed["embedded"] == indexed["chunks"]
-        assert "scanning its files and the index" in err and "embedding" in err, err
+        # Stages come from the worker's heartbeats, read every 0.5 s: a stage shorter than
+        # that (scanning a small repository) may pass unseen; embedding 20+ chunks does not.
+        assert "embedding" in err, err
 
         code, out, err = await _remedy(
             "search", "self", question, "--json", "--config", str(config_path)
