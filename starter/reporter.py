@@ -62,6 +62,9 @@ class _OpenIncident:
     # When Temporal last took this incident's count (the start, or a signal).
     last_delivered: float = field(default_factory=time.monotonic)
     flusher: asyncio.Task[None] | None = None
+    # The signal in flight, if any: cancelling the flusher must not cancel it, since a
+    # signal cancelled on our side may still have reached the workflow.
+    delivery: asyncio.Task[None] | None = None
 
 
 class TemporalReporter:
@@ -112,6 +115,10 @@ class TemporalReporter:
                 incident.flusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await incident.flusher
+            if incident.delivery is not None:
+                # Its failure leaves the batch pending, for the delivery below.
+                with contextlib.suppress(Exception):
+                    await incident.delivery
             if incident.pending:
                 try:
                     await self._deliver(incident)
@@ -253,8 +260,9 @@ class TemporalReporter:
                 delay = min(self._interval, wait)
                 continue
             if incident.pending:
+                incident.delivery = asyncio.ensure_future(self._deliver(incident))
                 try:
-                    await self._deliver(incident)
+                    await asyncio.shield(incident.delivery)
                     delay = self._interval
                 except Exception:
                     log.exception(

@@ -7,13 +7,13 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor, OutboundInterceptor, SignalWorkflowInput
 from temporalio.worker import Worker
 
 from remedy import names
 from remedy.models import Phase
 from starter.incidents import IncidentNotFound, find_incident
-from starter.reporter import TemporalReporter
+from starter.reporter import BATCH_REPORTS, TemporalReporter
 from tests.workflow_harness import (
     FakeActivities,
     eventually,
@@ -156,3 +156,39 @@ async def test_reports_after_the_outcome_count_for_the_closed_incident(
     )
     assert replica.workflows_started == 0
     await recurrence.terminate("test done")
+
+
+class _SlowSignalAnswers(Interceptor):
+    """Temporal takes each signal, but its answer is slow to come back."""
+
+    def __init__(self) -> None:
+        self.in_flight = asyncio.Event()
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        interceptor = self
+
+        class Slow(OutboundInterceptor):
+            async def signal_workflow(self, input: SignalWorkflowInput) -> None:
+                await super().signal_workflow(input)
+                interceptor.in_flight.set()
+                await asyncio.sleep(0.5)
+
+        return Slow(next)
+
+
+async def test_closing_while_a_batch_is_in_flight_counts_it_once(
+    client: Client, task_queue: str
+) -> None:
+    slow = _SlowSignalAnswers()
+    config = client.config()
+    config["interceptors"] = [slow]
+    reporter = reporter_for(Client(**config), task_queue)
+    start = make_start(quiet_window_s=600)
+
+    await asyncio.gather(*(reporter.report(start) for _ in range(1 + BATCH_REPORTS)))
+    await asyncio.wait_for(slow.in_flight.wait(), timeout=10)
+    await reporter.close()
+
+    workflow_id = names.workflow_id_for(start.service, start.fingerprint)
+    assert reporter.workflows_started == 1
+    assert await occurrences(client, workflow_id) == 1 + BATCH_REPORTS
