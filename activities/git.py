@@ -170,7 +170,8 @@ class GitActivities:
             raise application_error(
                 exc, f"preparing the patch of {incident_id}", "sync the repository again"
             ) from None
-        ref = self.store.put_bytes(f"{incident_id}/patch.diff", diff)
+        folder = names.attempt_folder(incident_id, request.attempt)
+        ref = self.store.put_bytes(f"{folder}/patch.diff", diff)
         return PatchResult(
             applied=True,
             files=sorted(edited),

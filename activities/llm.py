@@ -25,6 +25,7 @@ from activities.ollama import OllamaBackend
 from activities.progress import heartbeat
 from remedy import names
 from remedy.artifacts import ArtifactStore
+from remedy.assurance import innermost_frame_check
 from remedy.config import RemedyConfig
 from remedy.llm.agent import Rejected, converse
 from remedy.llm.answers import (
@@ -49,6 +50,7 @@ from remedy.llm.prompts import (
     diagnosis_prompt,
     regression_test_prompt,
 )
+from remedy.llm.repair import failed_attempts_section
 from remedy.llm.repo_tools import RepoTools, SearchCode
 from remedy.llm.routing import Mode, RoutePlan, in_app_files, plan_route
 from remedy.llm.session import Session, TokenCapReached
@@ -65,6 +67,7 @@ from remedy.models import (
     Worktree,
 )
 from remedy.patching import repo_path
+from remedy.review import regression_test_key
 
 DEFAULT_RETRY_AFTER_S = 30.0
 
@@ -132,27 +135,29 @@ class DiagnosisActivities:
         self._store.put_text(marker, now.isoformat())
         return None
 
+    def _tokens_spent(self) -> str:
+        cap = self._config.limits.max_tokens_per_incident
+        return f"the incident's LLM tokens are spent (limits.max_tokens_per_incident = {cap})"
+
     @activity.defn(name=names.ACTIVITY_DIAGNOSE)
     async def diagnose(self, request: DiagnoseRequest) -> DiagnosisResult:
         incident = _incident_key(request.incident_id)
+        folder = names.attempt_folder(incident, request.attempt)
         plan = self._plan(
             request.worktree.service, request.severity, in_app_files(request.evidence)
         )
         if not plan.backends:
             return DiagnosisResult(abstained_reason=plan.reason, route=plan.reason)
+        budget = self._config.limits.max_tokens_per_incident - request.tokens_used
+        if budget <= 0:
+            return DiagnosisResult(rate_limited=True, abstained_reason=self._tokens_spent())
         tools = self._tools(request.worktree)
-        session = Session(
-            self._config,
-            self._store,
-            tools,
-            token_budget=self._config.limits.max_tokens_per_incident,
-            progress=heartbeat,
-        )
+        session = Session(self._config, self._store, tools, token_budget=budget, progress=heartbeat)
         try:
             result = await self._diagnose(request, plan, session)
         except BackendRateLimited as exc:
             session.note("rate_limited", backend=exc.backend, reason=exc.reason)
-            session.save(f"{incident}/diagnosis/transcript.json", route=plan.reason)
+            session.save(f"{folder}/diagnosis/transcript.json", route=plan.reason)
             delay = exc.retry_after_s if exc.retry_after_s is not None else DEFAULT_RETRY_AFTER_S
             raise ApplicationError(
                 f"diagnosing {incident}: {exc.reason}; retrying in {delay:.0f}s",
@@ -160,7 +165,7 @@ class DiagnosisActivities:
                 next_retry_delay=timedelta(seconds=delay),
             ) from None
         artifact = session.save(
-            f"{incident}/diagnosis/transcript.json",
+            f"{folder}/diagnosis/transcript.json",
             route=plan.reason,
             result=result.model_dump(mode="json"),
         )
@@ -179,10 +184,15 @@ class DiagnosisActivities:
         self, request: DiagnoseRequest, plan: RoutePlan, session: Session
     ) -> DiagnosisResult:
         incident, llm = request.incident_id, self._config.llm
+        folder = names.attempt_folder(incident, request.attempt)
         windows = await session.tools.code_windows(request.evidence)
-        prompt = diagnosis_prompt(request, windows, max_chars=llm.max_prompt_chars)
+        # Earlier tries come last, so the prompt's head stays what a local server has cached.
+        repair = failed_attempts_section(request.failed_attempts)
+        prompt = diagnosis_prompt(request, windows, max_chars=llm.max_prompt_chars - len(repair))
+        if repair:
+            prompt = f"{prompt}\n{repair}\n"
         self._store.put_text(
-            f"{incident}/diagnosis/prompt.md", f"{DIAGNOSIS_SYSTEM_PROMPT}\n---\n{prompt}"
+            f"{folder}/diagnosis/prompt.md", f"{DIAGNOSIS_SYSTEM_PROMPT}\n---\n{prompt}"
         )
 
         async def validate(diagnosis: Diagnosis) -> list[str]:
@@ -250,11 +260,15 @@ class DiagnosisActivities:
                 if not plan.escalate:
                     break
                 continue
-            unsure = outcome.confidence < llm.escalate_below_confidence
+            # The model's number can only be lowered: a fix away from the innermost project
+            # frame counts as unsure whatever the model says (remedy.assurance).
+            off_stack = innermost_frame_check(outcome, request.evidence.frames).passed is False
+            unsure = off_stack or outcome.confidence < llm.escalate_below_confidence
             escalate = plan.escalate and unsure and index + 1 < len(plan.backends)
-            record(
-                "low_confidence" if escalate else "accepted", f"confidence {outcome.confidence:.2f}"
-            )
+            detail = f"confidence {outcome.confidence:.2f}"
+            if off_stack:
+                detail += "; the edits leave the innermost project frame's file alone"
+            record("low_confidence" if escalate else "accepted", detail)
             if best is None or outcome.confidence > best[0].confidence:
                 best = (outcome, name)
             if not escalate:
@@ -275,6 +289,14 @@ class DiagnosisActivities:
         files yields an abstention with the reason, never a retry or a failure.
         """
         incident = _incident_key(request.incident_id)
+        folder = names.attempt_folder(incident, request.attempt)
+        service = self._config.services.get(request.worktree.service)
+        if service is None or not service.test_command:
+            # Verification will be skipped: a test nobody runs is not worth a model turn.
+            return RegressionTestResult(
+                abstained_reason=f"service {request.worktree.service} has no test_command "
+                "in remedy.toml, so no test would run"
+            )
         plan = self._plan(
             request.worktree.service, request.severity, in_app_files(request.evidence)
         )
@@ -286,18 +308,14 @@ class DiagnosisActivities:
             return RegressionTestResult(abstained_reason=plan.reason)
         budget = self._config.limits.max_tokens_per_incident - request.tokens_used
         if budget <= 0:
-            return RegressionTestResult(
-                rate_limited=True,
-                abstained_reason="the incident's LLM tokens are spent "
-                f"(limits.max_tokens_per_incident = {self._config.limits.max_tokens_per_incident})",
-            )
+            return RegressionTestResult(rate_limited=True, abstained_reason=self._tokens_spent())
         tools = self._tools(request.worktree)
         session = Session(self._config, self._store, tools, token_budget=budget, progress=heartbeat)
         llm = self._config.llm
         windows = await tools.code_windows(request.evidence)
         prompt = regression_test_prompt(request, windows, max_chars=llm.max_prompt_chars)
         self._store.put_text(
-            f"{incident}/regression/prompt.md", f"{REGRESSION_SYSTEM_PROMPT}\n---\n{prompt}"
+            f"{folder}/regression/prompt.md", f"{REGRESSION_SYSTEM_PROMPT}\n---\n{prompt}"
         )
 
         async def validate(answer: RegressionTestAnswer) -> list[str]:
@@ -337,7 +355,9 @@ class DiagnosisActivities:
                 break
             path = repo_path(outcome.path)
             assert path is not None  # validated above
-            content = self._store.put_text(f"{incident}/regression/test_file.py", outcome.content)
+            content = self._store.put_text(
+                regression_test_key(incident, request.attempt), outcome.content
+            )
             result = RegressionTestResult(
                 test=RegressionTest(path=path, content=content), backend=name
             )
@@ -345,7 +365,7 @@ class DiagnosisActivities:
         if result.test is None and result.abstained_reason is None:
             result.abstained_reason = "no regression test: " + "; ".join(reasons)
         artifact = session.save(
-            f"{incident}/regression/transcript.json", result=result.model_dump(mode="json")
+            f"{folder}/regression/transcript.json", result=result.model_dump(mode="json")
         )
         return result.model_copy(
             update={

@@ -7,7 +7,8 @@ that export is writable inside the sandbox (`remedy.sandbox`: bubblewrap, its ow
 namespaces, no network, no view of Remedy's home, limits on CPU, memory, file size, processes
 and wall clock). So nothing a run leaves behind reaches the next one, and the model's
 regression test is only in its own runs.
-Output goes to `<incident>/verify/<run>.log` in the artifact store.
+Output goes to `<incident>/verify/<run>.log` in the artifact store (a repair try's to
+`<incident>/attempt-<n>/verify/`).
 
 The sandbox is probed once, at first use. Where it cannot run, verification is `skipped: no
 sandbox (<why>)`, unless `[sandbox] allow_unsandboxed` accepts the older, weaker isolation
@@ -50,7 +51,7 @@ from remedy.patching import EditRefused, repo_path
 from remedy.sandbox.bwrap import command_prefixes, exposed, python_prefixes, read_only_paths
 from remedy.sandbox.cache import RunCache, RunInputs, RunRecord, environment_of
 from remedy.sandbox.limits import MB, SandboxLimits
-from remedy.sandbox.results import judge, parse_test_output, read_tail
+from remedy.sandbox.results import judge, output_tail, parse_test_output, read_tail
 from remedy.sandbox.runner import (
     Bubblewrap,
     Confinement,
@@ -242,7 +243,7 @@ class SandboxActivities:
             else "unsandboxed"
         )
         result.artifact = self._store.put_json(
-            f"{incident}/verify/report.json",
+            f"{names.attempt_folder(incident, request.attempt)}/verify/report.json",
             {
                 "command": command,
                 "sandbox": sandbox,
@@ -345,7 +346,11 @@ class SandboxActivities:
             await asyncio.gather(*running.values(), return_exceptions=True)
         order = ["before", "regression-before", "after", "regression-after"]
         runs = {
-            label: self._report(request.incident_id, label, *finished[label])
+            label: self._report(
+                names.attempt_folder(request.incident_id, request.attempt),
+                label,
+                *finished[label],
+            )
             for label in order
             if label in finished
         }
@@ -355,9 +360,13 @@ class SandboxActivities:
             failed_before = test_before.exit_code != 0 and not test_before.timed_out
             passed_after = test_after.exit_code == 0 and not test_after.timed_out
             reproduced = failed_before and passed_after
-        return judge(
+        result = judge(
             command, runs["before"], runs["after"], list(runs.values()), test_path, reproduced
         )
+        if result.status == "failed":
+            # What the next try at a fix is shown (remedy/llm/repair.py), and people too.
+            result.output_tail = output_tail(finished["after"][0].log)
+        return result
 
     async def _run_once(
         self, run: _Run, key: str | None, scratch: _Scratch, confinement: Confinement
@@ -404,9 +413,10 @@ class SandboxActivities:
             commit=run.commit,
         )
 
-    def _report(self, incident: str, label: str, record: RunRecord, ran_now: bool) -> CommandRun:
-        """The run as the incident keeps it, its log among the incident's artifacts."""
-        ref = self._store.put_bytes(f"{incident}/verify/{label}.log", record.log)
+    def _report(self, folder: str, label: str, record: RunRecord, ran_now: bool) -> CommandRun:
+        """The run as the incident keeps it, its log among the incident's (or this try's)
+        artifacts."""
+        ref = self._store.put_bytes(f"{folder}/verify/{label}.log", record.log)
         return CommandRun(
             label=label,
             exit_code=record.exit_code,

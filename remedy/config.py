@@ -109,6 +109,13 @@ class LimitsConfig(_Section):
     approval_timeout_s: int = Field(default=86_400, ge=1)
     quiet_window_s: int = Field(default=3_600, ge=0)
     max_diff_lines: int = Field(default=200, ge=1)
+    max_fix_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        description="Tries at a fix per incident: a patch that does not apply or fails "
+        "verification goes back to the model with the failure",
+    )
     sync_timeout_s: int = Field(default=600, ge=1)
     test_timeout_s: int = Field(default=600, ge=1, description="Wall clock per sandboxed test run")
     test_cpu_s: int = Field(default=600, ge=1, description="CPU seconds per sandboxed process")
@@ -537,6 +544,7 @@ class RemedyConfig(BaseSettings):
             test_paths=list(service.test_paths),
             approval_timeout_s=self.limits.approval_timeout_s,
             max_diff_lines=self.limits.max_diff_lines,
+            max_fix_attempts=self.limits.max_fix_attempts,
             quiet_window_s=self.limits.quiet_window_s,
         )
 

@@ -133,6 +133,13 @@ class ServicePolicy(BaseModel):
     )
     approval_timeout_s: int = Field(default=86_400, ge=1)
     max_diff_lines: int = Field(default=200, ge=1)
+    max_fix_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        description="Tries at a fix: a patch that does not apply or fails verification goes "
+        "back to the model with the failure, until this many (limits.max_fix_attempts)",
+    )
     quiet_window_s: int = Field(
         default=3_600,
         ge=0,
@@ -283,6 +290,42 @@ class DiagnosisResult(BaseModel):
     tool_calls: list[ToolCallSummary] = Field(default_factory=list)
 
 
+FixFailure = Literal["not_applied", "verification_failed"]
+
+
+class FixAttempt(BaseModel):
+    """A try at a fix that failed: shown to the model on the next try, to reviewers after."""
+
+    attempt: int = Field(ge=1)
+    failure: FixFailure
+    detail: str = Field(description="The apply error or the failing tests' output tail, clipped")
+    edits: list[Edit] = Field(default_factory=list)
+    diagnosis: ArtifactRef | None = Field(default=None, description="That try's transcript")
+    verification: ArtifactRef | None = Field(default=None, description="Its verification report")
+
+
+CheckName = Literal["innermost_frame_edited", "reproduced", "suite_passes"]
+
+
+class Check(BaseModel):
+    name: CheckName
+    passed: bool | None = Field(description="None: the check could not run")
+    detail: str = ""
+
+
+class Assurance(BaseModel):
+    """How far the fix was checked; the confidence shown and routed on (remedy.assurance)."""
+
+    level: Literal["verified", "tested", "unverified"]
+    confidence: float = Field(
+        ge=0.0, le=1.0, description="From the checks, never above the model's"
+    )
+    model_confidence: float = Field(ge=0.0, le=1.0)
+    checks: list[Check] = Field(default_factory=list)
+    attempt: int = Field(default=1, ge=1, description="The try that produced this fix")
+    max_attempts: int = Field(default=1, ge=1)
+
+
 class PatchResult(BaseModel):
     applied: bool
     reason: str | None = None
@@ -309,6 +352,9 @@ class VerificationResult(BaseModel):
     )
     regression_test: str | None = Field(default=None, description="Path of the model's test")
     runs: list[CommandRun] = Field(default_factory=list)
+    output_tail: str = Field(
+        default="", description="When failed: the end of the patched suite run's output"
+    )
 
 
 class Proposal(BaseModel):
@@ -374,6 +420,10 @@ class IncidentStatus(BaseModel):
     diagnosis: DiagnosisResult | None = None
     patch: PatchResult | None = None
     verification: VerificationResult | None = None
+    assurance: Assurance | None = None
+    fix_attempts: list[FixAttempt] = Field(
+        default_factory=list, description="Earlier tries at a fix that failed, oldest first"
+    )
     approval: ApprovalRequest | None = None
     proposal: Proposal | None = None
     reason: str | None = Field(default=None, description="Why the incident ended where it did")
@@ -435,6 +485,11 @@ class DiagnoseRequest(BaseModel):
     frames: list[Frame] = Field(default_factory=list)
     evidence: Evidence
     policy: ServicePolicy = Field(default_factory=ServicePolicy)
+    attempt: int = Field(default=1, ge=1, description="Which try at a fix this is")
+    failed_attempts: list[FixAttempt] = Field(
+        default_factory=list, description="The earlier tries and why each failed"
+    )
+    tokens_used: int = Field(default=0, ge=0, description="Tokens the incident has spent so far")
 
 
 class PatchRequest(BaseModel):
@@ -442,6 +497,7 @@ class PatchRequest(BaseModel):
     worktree: Worktree
     edits: list[Edit]
     policy: ServicePolicy
+    attempt: int = Field(default=1, ge=1)
 
 
 class VerifyRequest(BaseModel):
@@ -455,6 +511,7 @@ class VerifyRequest(BaseModel):
     )
     error: ErrorInfo | None = None
     regression_test: RegressionTest | None = None
+    attempt: int = Field(default=1, ge=1)
 
 
 class ProposeRequest(BaseModel):
@@ -594,6 +651,7 @@ class RegressionTestRequest(BaseModel):
     backend: str | None = Field(default=None, description="Prefer the backend that diagnosed")
     tokens_used: int = Field(default=0, ge=0, description="Tokens the incident has spent so far")
     policy: ServicePolicy = Field(default_factory=ServicePolicy)
+    attempt: int = Field(default=1, ge=1)
 
 
 class RegressionTestResult(BaseModel):

@@ -102,6 +102,12 @@ def safe_id(value: str, what: str) -> str:
     return value
 
 
+def attempt_folder(incident: str, attempt: int) -> str:
+    """Where one try at a fix keeps its artifacts: the first beside the incident's, every
+    later one in its own folder, so a repair never overwrites what an earlier try left."""
+    return incident if attempt == 1 else f"{incident}/attempt-{attempt}"
+
+
 def ui_namespace_url(ui_url: str, namespace: str) -> str:
     """The Temporal UI page of a namespace; incidents link below it."""
     return f"{ui_url.rstrip('/')}/namespaces/{namespace}"

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.models import ArtifactRef, IncidentStatus
 from remedy.sandbox.results import read_tail
@@ -81,9 +82,9 @@ class _EvidenceRecord(BaseModel):
     frames: list[_RecordedFrame] = Field(default_factory=list)
 
 
-def regression_test_key(incident_id: str) -> str:
-    """Where the diagnosis activity stores the model's regression test."""
-    return f"{incident_id}/regression/test_file.py"
+def regression_test_key(incident_id: str, attempt: int = 1) -> str:
+    """Where the diagnosis activity stores the model's regression test of a try at a fix."""
+    return f"{names.attempt_folder(incident_id, attempt)}/regression/test_file.py"
 
 
 def _read(store: ArtifactStore, ref: ArtifactRef | str) -> tuple[str | None, str | None]:
@@ -116,7 +117,8 @@ def _regression_test(status: IncidentStatus, store: ArtifactStore) -> Regression
         return RegressionTestExcerpt(missing="not verified yet")
     if not verification.regression_test:
         return RegressionTestExcerpt(missing="no regression test ran with the verification")
-    key = regression_test_key(status.incident_id)
+    attempt = status.assurance.attempt if status.assurance else 1
+    key = regression_test_key(status.incident_id, attempt)
     text, missing = _read(store, key)
     return RegressionTestExcerpt(
         path=verification.regression_test, artifact=key, text=text, missing=missing

@@ -4,7 +4,7 @@ Run after a deliberate change to the workflow's commands, guarded by `workflow.p
 the histories recorded before the change must keep replaying, so ADD new files rather than
 overwriting old ones (name them for the change).
 
-    .venv/bin/python -m tests.record_histories [SUFFIX]
+    .venv/bin/python -m tests.record_histories [SUFFIX [SCENARIO ...]]
 """
 
 from __future__ import annotations
@@ -37,13 +37,15 @@ from workflows.incident import IncidentWorkflow
 HISTORIES = Path(__file__).parent / "histories"
 
 
-SCENARIOS = ("triaged", "approved", "rejected", "failed", "recurrence")
+SCENARIOS = ("triaged", "approved", "rejected", "failed", "recurrence", "repaired")
 
 
 async def _record(client: Client, name: str, scenario: str) -> None:
     triaged = scenario in {"triaged", "recurrence"}
     fakes = FakeActivities(diagnosis=None if triaged else fix_diagnosis())
     start = make_start()
+    if scenario == "repaired":  # the first patch does not apply; the second try is approved
+        fakes.unapplied_patches = 1
     if scenario == "failed":
         fakes.sync_error = ApplicationError(
             "commit 0000000 not found in shop", type="CommitNotFound", non_retryable=True
@@ -63,10 +65,10 @@ async def _record(client: Client, name: str, scenario: str) -> None:
             await handle.execute_update(
                 IncidentWorkflow.decide,
                 DecideRequest(
-                    decision="approve" if scenario == "approved" else "reject",
+                    decision="reject" if scenario == "rejected" else "approve",
                     approver=APPROVER,
                     request_id=status.approval.request_id,
-                    reason=None if scenario == "approved" else "not this way",
+                    reason="not this way" if scenario == "rejected" else None,
                 ),
             )
         with contextlib.suppress(WorkflowFailureError):  # a failed incident's run fails
@@ -76,18 +78,20 @@ async def _record(client: Client, name: str, scenario: str) -> None:
     print(f"recorded {name}.json ({len(history.events)} events)")
 
 
-async def main(suffix: str) -> None:
+async def main(suffix: str, scenarios: tuple[str, ...]) -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=TEMPORAL,
         search_attributes=names.SEARCH_ATTRIBUTES,
         data_converter=data_converter(),
     )
     try:
-        for scenario in SCENARIOS:
+        for scenario in scenarios:
             await _record(env.client, f"incident_{scenario}{suffix}", scenario)
     finally:
         await env.shutdown()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(f"_{sys.argv[1]}" if len(sys.argv) > 1 else ""))
+    asyncio.run(
+        main(f"_{sys.argv[1]}" if len(sys.argv) > 1 else "", tuple(sys.argv[2:]) or SCENARIOS)
+    )

@@ -186,6 +186,26 @@ async def test_failing_verification_never_asks_for_approval(
     final = await finished(await start_incident(client, task_queue, make_start()))
     assert final.phase == Phase.TRIAGED
     assert final.approval is None
+    # Every try went back to the model with the failure, up to the policy's bound.
+    assert fakes.calls["diagnose"] == fakes.calls["verify_patch"] == 3
+    assert [a.attempt for a in final.fix_attempts] == [1, 2, 3]
+    assert {a.failure for a in final.fix_attempts} == {"verification_failed"}
+    assert [len(r.failed_attempts) for r in fakes.diagnose_requests] == [0, 1, 2]
+    assert final.reason is not None and "fails verification after 3 tries" in final.reason
+
+
+async def test_a_patch_that_does_not_apply_is_tried_again_with_the_apply_error(
+    client: Client, task_queue: str, fakes: FakeActivities
+) -> None:
+    fakes.diagnosis = fix_diagnosis()
+    fakes.unapplied_patches = 1
+    final = await wait_for_phase(
+        await start_incident(client, task_queue, make_start()), Phase.AWAITING_APPROVAL
+    )
+    assert [(a.attempt, a.failure) for a in final.fix_attempts] == [(1, "not_applied")]
+    assert fakes.diagnose_requests[1].failed_attempts[0].detail == "search text not found"
+    assert final.assurance is not None and final.assurance.attempt == 2
+    assert final.assurance.level == "tested"  # passed, but nothing reproduced the error
 
 
 async def test_permanent_activity_error_fails_the_incident_with_its_reason(

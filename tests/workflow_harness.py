@@ -112,10 +112,12 @@ class FakeActivities:
     diagnosis: Diagnosis | None = None
     abstain_reason: str = "no LLM backend configured"
     verification: str = "passed"
+    unapplied_patches: int = 0  # the first this many patches do not apply
     sync_error: ApplicationError | None = None
     index_complete: bool = True
     calls: dict[str, int] = field(default_factory=dict)
     index_requests: list[IndexRequest] = field(default_factory=list)
+    diagnose_requests: list[DiagnoseRequest] = field(default_factory=list)
     proposals: list[ProposeRequest] = field(default_factory=list)
     notifications: list[tuple[str, Phase]] = field(default_factory=list)
     recorded: list[RecordIncidentRequest] = field(default_factory=list)
@@ -153,6 +155,7 @@ class FakeActivities:
         @activity.defn(name=names.ACTIVITY_DIAGNOSE)
         async def diagnose(request: DiagnoseRequest) -> DiagnosisResult:
             self._count("diagnose")
+            self.diagnose_requests.append(request)
             if self.diagnosis is None:
                 return DiagnosisResult(abstained_reason=self.abstain_reason)
             return DiagnosisResult(diagnosis=self.diagnosis, backend="fake")
@@ -160,6 +163,8 @@ class FakeActivities:
         @activity.defn(name=names.ACTIVITY_PREPARE_PATCH)
         async def prepare_patch(request: PatchRequest) -> PatchResult:
             self._count("prepare_patch")
+            if self.calls["prepare_patch"] <= self.unapplied_patches:
+                return PatchResult(applied=False, reason="search text not found")
             return PatchResult(
                 applied=True, files=[e.path for e in request.edits], lines_added=1, lines_removed=1
             )

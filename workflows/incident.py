@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
@@ -31,13 +31,15 @@ with workflow.unsafe.imports_passed_through():
     from activities.llm import DiagnosisActivities
     from activities.sandbox import SandboxActivities
     from activities.slack import SlackActivities
-    from remedy import names, policy
+    from remedy import assurance, names, policy
     from remedy.models import (
         ApprovalRequest,
         DecideRequest,
         DecideResult,
         Decision,
         DiagnoseRequest,
+        Evidence,
+        FixAttempt,
         FullIndexRequest,
         IncidentStart,
         IncidentStatus,
@@ -57,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
         RelatedResult,
         SyncRequest,
         VerifyRequest,
+        Worktree,
     )
     from remedy.render import temporal_ui
     from workflows.index import IndexWorkflow
@@ -83,6 +86,10 @@ _PATCH_EVIDENCE_FIRST_INDEX = "evidence-first-index"
 # Failed); reports within the quiet window after that go to a recurrence run
 # (IncidentStart.recurrence_of, started by the intake) instead of keeping this run open.
 _PATCH_CLOSE_AT_OUTCOME = "close-at-outcome"
+
+# A patch that does not apply or fails verification goes back to the model with the failure,
+# up to ServicePolicy.max_fix_attempts tries; the fix carries its checked assurance.
+_PATCH_REPAIR_LOOP = "repair-loop"
 
 _DEFAULT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
@@ -260,98 +267,18 @@ class IncidentWorkflow:
         status.evidence = evidence
         await self._open_issue()
 
-        self._set_phase(Phase.DIAGNOSING)
-        status.diagnosis = await self._call(
-            DiagnosisActivities.diagnose,
-            DiagnoseRequest(
-                incident_id=status.incident_id,
-                severity=start.severity,
-                worktree=worktree,
-                error=start.event.error,
-                frames=start.event.frames,
-                evidence=status.evidence,
-                policy=start.policy,
-            ),
-            timeout=timedelta(minutes=20),
-        )
-        self._spend(status.diagnosis.tokens, status.diagnosis.cost_usd)
-        diagnosis = status.diagnosis.diagnosis
-        if status.diagnosis.rate_limited:
-            self._finish(Phase.RATE_LIMITED, status.diagnosis.abstained_reason or "rate limited")
-            return
-        if diagnosis is None:
-            self._finish(Phase.TRIAGED, status.diagnosis.abstained_reason or "no diagnosis")
-            return
-        if not diagnosis.edits:
-            self._finish(Phase.TRIAGED, "the diagnosis proposes no safe change")
-            return
-
-        self._set_phase(Phase.PATCHING)
-        violations = policy.scope_violations(
-            diagnosis.edits,
-            start.policy,
-            start.service,
-            built_in_rules=workflow.patched(_PATCH_EXECUTION_SENSITIVE_SCOPE),
-        )
-        if violations:
-            self._finish(Phase.TRIAGED, "; ".join(violations))
-            return
-        status.patch = await self._call(
-            GitActivities.prepare_patch,
-            PatchRequest(
-                incident_id=status.incident_id,
-                worktree=worktree,
-                edits=diagnosis.edits,
-                policy=start.policy,
-            ),
-            timeout=timedelta(minutes=5),
-        )
-        if not status.patch.applied:
-            self._finish(Phase.TRIAGED, f"patch does not apply: {status.patch.reason}")
-            return
-        too_big = policy.diff_size_violation(
-            status.patch.lines_added, status.patch.lines_removed, start.policy.max_diff_lines
-        )
-        if too_big:
-            self._finish(Phase.TRIAGED, too_big)
-            return
-
-        self._set_phase(Phase.VERIFYING)
-        regression = await self._call(
-            DiagnosisActivities.write_regression_test,
-            RegressionTestRequest(
-                incident_id=status.incident_id,
-                severity=start.severity,
-                worktree=worktree,
-                error=start.event.error,
-                frames=start.event.frames,
-                evidence=status.evidence,
-                diagnosis=diagnosis,
-                backend=status.diagnosis.backend,
-                tokens_used=status.llm_tokens,
-                policy=start.policy,
-            ),
-            timeout=timedelta(minutes=20),
-        )
-        self._spend(regression.tokens, regression.cost_usd)
-        status.verification = await self._call(
-            SandboxActivities.verify_patch,
-            VerifyRequest(
-                incident_id=status.incident_id,
-                worktree=worktree,
-                patch=status.patch,
-                edits=diagnosis.edits,
-                error=start.event.error,
-                regression_test=regression.test,
-            ),
-            # Four suite runs (before/after, suite/regression test) plus a clone.
-            timeout=timedelta(hours=3),
-        )
-        if status.verification.status == "failed":
-            self._finish(
-                Phase.TRIAGED, f"the patch fails verification: {status.verification.summary}"
-            )
-            return
+        # Replays of runs from before the repair loop take one try, as they did.
+        tries = start.policy.max_fix_attempts if workflow.patched(_PATCH_REPAIR_LOOP) else 1
+        for attempt in range(1, tries + 1):
+            outcome = await self._try_fix(worktree, evidence, attempt, tries)
+            if outcome == "ready":
+                break
+            if outcome == "ended":
+                return
+            status.fix_attempts.append(outcome)
+            if attempt == tries:
+                self._finish(Phase.TRIAGED, _failure_reason(outcome, tries))
+                return
 
         decision = await self._await_decision()
         if decision is None:
@@ -371,6 +298,135 @@ class IncidentWorkflow:
             timeout=timedelta(minutes=10),
         )
         self._finish(Phase.PR_OPENED, f"approved by {decision.approver}")
+
+    async def _try_fix(
+        self, worktree: Worktree, evidence: Evidence, attempt: int, tries: int
+    ) -> FixAttempt | Literal["ready", "ended"]:
+        """One try at a fix: diagnose, patch, verify. "ready" for approval; "ended" here (no
+        diagnosis, out of scope, ...); or a FixAttempt: the patch did not apply or failed
+        verification, which the next try is shown."""
+        start = self._start
+        status = self._status
+        self._set_phase(Phase.DIAGNOSING, f"attempt {attempt} of {tries}" if attempt > 1 else "")
+        status.diagnosis = await self._call(
+            DiagnosisActivities.diagnose,
+            DiagnoseRequest(
+                incident_id=status.incident_id,
+                severity=start.severity,
+                worktree=worktree,
+                error=start.event.error,
+                frames=start.event.frames,
+                evidence=evidence,
+                policy=start.policy,
+                attempt=attempt,
+                failed_attempts=status.fix_attempts,
+                tokens_used=status.llm_tokens,
+            ),
+            timeout=timedelta(minutes=20),
+        )
+        self._spend(status.diagnosis.tokens, status.diagnosis.cost_usd)
+        diagnosis = status.diagnosis.diagnosis
+        if status.diagnosis.rate_limited:
+            self._finish(Phase.RATE_LIMITED, status.diagnosis.abstained_reason or "rate limited")
+            return "ended"
+        if diagnosis is None:
+            self._finish(Phase.TRIAGED, status.diagnosis.abstained_reason or "no diagnosis")
+            return "ended"
+        if not diagnosis.edits:
+            self._finish(Phase.TRIAGED, "the diagnosis proposes no safe change")
+            return "ended"
+
+        self._set_phase(Phase.PATCHING)
+        violations = policy.scope_violations(
+            diagnosis.edits,
+            start.policy,
+            start.service,
+            built_in_rules=workflow.patched(_PATCH_EXECUTION_SENSITIVE_SCOPE),
+        )
+        if violations:
+            self._finish(Phase.TRIAGED, "; ".join(violations))
+            return "ended"
+        status.patch = await self._call(
+            GitActivities.prepare_patch,
+            PatchRequest(
+                incident_id=status.incident_id,
+                worktree=worktree,
+                edits=diagnosis.edits,
+                policy=start.policy,
+                attempt=attempt,
+            ),
+            timeout=timedelta(minutes=5),
+        )
+        if not status.patch.applied:
+            if tries == 1:
+                self._finish(Phase.TRIAGED, f"patch does not apply: {status.patch.reason}")
+                return "ended"
+            return FixAttempt(
+                attempt=attempt,
+                failure="not_applied",
+                detail=status.patch.reason or "the patch does not apply",
+                edits=diagnosis.edits,
+                diagnosis=status.diagnosis.artifact,
+            )
+        too_big = policy.diff_size_violation(
+            status.patch.lines_added, status.patch.lines_removed, start.policy.max_diff_lines
+        )
+        if too_big:
+            self._finish(Phase.TRIAGED, too_big)
+            return "ended"
+
+        self._set_phase(Phase.VERIFYING)
+        regression = await self._call(
+            DiagnosisActivities.write_regression_test,
+            RegressionTestRequest(
+                incident_id=status.incident_id,
+                severity=start.severity,
+                worktree=worktree,
+                error=start.event.error,
+                frames=start.event.frames,
+                evidence=evidence,
+                diagnosis=diagnosis,
+                backend=status.diagnosis.backend,
+                tokens_used=status.llm_tokens,
+                policy=start.policy,
+                attempt=attempt,
+            ),
+            timeout=timedelta(minutes=20),
+        )
+        self._spend(regression.tokens, regression.cost_usd)
+        status.verification = await self._call(
+            SandboxActivities.verify_patch,
+            VerifyRequest(
+                incident_id=status.incident_id,
+                worktree=worktree,
+                patch=status.patch,
+                edits=diagnosis.edits,
+                error=start.event.error,
+                regression_test=regression.test,
+                attempt=attempt,
+            ),
+            # Four suite runs (before/after, suite/regression test) plus a clone.
+            timeout=timedelta(hours=3),
+        )
+        if status.verification.status == "failed":
+            if tries == 1:
+                self._finish(
+                    Phase.TRIAGED,
+                    f"the patch fails verification: {status.verification.summary}",
+                )
+                return "ended"
+            return FixAttempt(
+                attempt=attempt,
+                failure="verification_failed",
+                detail=f"{status.verification.summary}\n{status.verification.output_tail}",
+                edits=diagnosis.edits,
+                diagnosis=status.diagnosis.artifact,
+                verification=status.verification.artifact,
+            )
+        status.assurance = assurance.assess(
+            diagnosis, evidence.frames, status.verification, attempt=attempt, max_attempts=tries
+        )
+        return "ready"
 
     async def _await_decision(self) -> Decision | None:
         timeout = timedelta(seconds=self._start.policy.approval_timeout_s)
@@ -606,6 +662,15 @@ class IncidentWorkflow:
         changed = [update for update in current if held.get(update.key) != update.value]
         if changed:
             workflow.upsert_search_attributes(changed)
+
+
+def _failure_reason(failed: FixAttempt, tries: int) -> str:
+    what = (
+        "the patch does not apply"
+        if failed.failure == "not_applied"
+        else "the patch fails verification"
+    )
+    return f"{what} after {tries} tries; last: {failed.detail}"
 
 
 def _related_from(related: RelatedResult, indexed: IndexResult) -> str:

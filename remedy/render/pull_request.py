@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import textwrap
 
+from remedy.assurance import FIX_FAILURE_TEXT, headline
 from remedy.models import IncidentStatus
 from remedy.redact import redact_diff, redact_markdown
 from remedy.render.sanitize import code, fenced, inline, own_link, plain
@@ -80,6 +81,11 @@ def pull_request_body(incident: IncidentStatus, diff: str) -> str:
     """The Markdown a reviewer reads: error, cause, evidence, suspects, change, checks, approval."""
     out = [f"Remedy prepared this change for incident `{incident.incident_id}` "
            f"of service `{incident.service}`."]  # fmt: skip
+    if incident.assurance is not None:
+        # What a reviewer must know before reading on: how far the change was checked.
+        strong = incident.assurance.level == "unverified"
+        line = inline(headline(incident.assurance))
+        out += ["", f"**{line}**" if strong else line]
 
     out += ["", "## Error", "", fenced(f"{incident.error_type}: {incident.error_message}")]
     out.append(
@@ -100,7 +106,12 @@ def pull_request_body(incident: IncidentStatus, diff: str) -> str:
     if result and diagnosis:
         cause = diagnosis.root_cause.strip() or diagnosis.summary.strip()
         out += ["", "## Root cause", "", "As the model wrote it:", "", _prose(cause)]
-        confidence = f"Confidence: {diagnosis.confidence:.0%}"
+        confidence = (
+            f"Confidence from checks: {incident.assurance.confidence:.0%} "
+            f"(the model said {diagnosis.confidence:.0%})"
+            if incident.assurance is not None
+            else f"Confidence: {diagnosis.confidence:.0%}"
+        )
         if result.backend:
             # What the model spent on this fix: reviewers see the running cost of Remedy.
             confidence += (
@@ -148,6 +159,11 @@ def pull_request_body(incident: IncidentStatus, diff: str) -> str:
         out += ["", "<details><summary>Diff</summary>", "",
                 fenced(shown, "diff", redact=redact_diff), "", "</details>"]  # fmt: skip
 
+    if incident.fix_attempts:
+        out += ["", "## Earlier tries", ""]
+        for attempt in incident.fix_attempts:
+            out.append(f"Try {attempt.attempt}: the patch {FIX_FAILURE_TEXT[attempt.failure]}:")
+            out += ["", fenced(_clip(attempt.detail.strip(), 1500)), ""]
     verification = incident.verification
     out += ["", "## Verification", ""]
     if verification:

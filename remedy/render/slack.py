@@ -21,10 +21,13 @@ import re
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from remedy.assurance import FIX_FAILURE_TEXT, headline
 from remedy.models import (
     ApprovalRequest,
+    Assurance,
     DiagnosisResult,
     Evidence,
+    FixAttempt,
     PatchResult,
     Phase,
     Proposal,
@@ -77,6 +80,8 @@ class SlackIncident(Protocol):
     diagnosis: DiagnosisResult | None
     patch: PatchResult | None
     verification: VerificationResult | None
+    assurance: Assurance | None
+    fix_attempts: list[FixAttempt]
     approval: ApprovalRequest | None
     proposal: Proposal | None
 
@@ -92,6 +97,13 @@ def _scrub(value: Any) -> Any:
     sits: each untrusted piece was redacted as it went in, this catches what looks like a key
     wherever it ended up (the diff keeps reading as code)."""
     return redact_value(value, redact_code)
+
+
+_LEVEL_ICONS = {"verified": ":large_green_circle:", "tested": ":large_yellow_circle:"}
+
+
+def _first_line(text: str) -> str:
+    return next((line for line in text.splitlines() if line.strip()), "")
 
 
 def _clip(text: str, limit: int = _SECTION_LIMIT) -> str:
@@ -317,12 +329,22 @@ def render_message(
         },
         _section(f"```{slack_code(_raw_error(incident, raw_error))}```"),
     ]
+    checked = incident.assurance
+    if checked is not None and incident.patch is not None and incident.patch.applied:
+        # Before anything else an approver reads: how far the fix was checked.
+        level_icon = _LEVEL_ICONS.get(checked.level, ":warning:")
+        blocks.insert(1, _section(f"{level_icon} {slack_text(headline(checked))}"))
     result = incident.diagnosis
     diagnosis = result.diagnosis if result else None
     if diagnosis is not None:
+        confidence = (
+            f"{checked.confidence:.0%} confidence from checks"
+            if checked is not None
+            else f"{diagnosis.confidence:.0%} confidence"
+        )
         blocks.append(
             _section(
-                f"*Root cause* ({diagnosis.confidence:.0%} confidence), as the model wrote it:\n"
+                f"*Root cause* ({confidence}), as the model wrote it:\n"
                 f"{slack_quote(diagnosis.root_cause)}"
             )
         )
@@ -354,6 +376,13 @@ def render_message(
             # Approvers decide here, before any pull request exists: show them the change.
             excerpt = slack_code(_diff_excerpt(diff), redact=redact_diff)
             blocks.append(_section(f"```{excerpt}```"))
+    if incident.fix_attempts:
+        tries = [
+            f"try {attempt.attempt}: the patch {FIX_FAILURE_TEXT[attempt.failure]}: "
+            f"{slack_text(_clip(_first_line(attempt.detail), 200))}"
+            for attempt in incident.fix_attempts
+        ]
+        blocks.append(_section("*Earlier tries*\n" + "\n".join(tries)))
     verification = incident.verification
     if verification is not None:
         icon = {"passed": ":large_green_circle:", "failed": ":red_circle:"}.get(

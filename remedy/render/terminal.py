@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
+from remedy.assurance import FIX_FAILURE_TEXT, headline
 from remedy.models import IncidentStatus
 from remedy.render.sanitize import one_line, visible
 from remedy.review import Excerpt, IncidentReview, SourceWindow
@@ -78,10 +79,17 @@ def render_status(status: IncidentStatus, review: IncidentReview | None = None) 
                 f"  warning  edits execution-sensitive {_line(', '.join(sensitive))} "
                 f"(allowed by services.{status.service}.allow_execution_sensitive_paths)"
             )
+    for attempt in status.fix_attempts:
+        lines.append(
+            f"try {attempt.attempt}      the patch {FIX_FAILURE_TEXT[attempt.failure]}: "
+            f"{_line(attempt.detail)}"
+        )
     if status.verification:
         lines.append(
             f"verified   {status.verification.status}: {_line(status.verification.summary)}"
         )
+    if status.assurance and status.patch and status.patch.applied:
+        lines.append(f"checked    {_line(headline(status.assurance))}")
     if status.approval:
         approval = status.approval
         if approval.decision:

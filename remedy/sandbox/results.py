@@ -46,6 +46,16 @@ def parse_test_output(output: str) -> SuiteCounts:
     return SuiteCounts(None, None, [])
 
 
+OUTPUT_TAIL_LINES = 40
+OUTPUT_TAIL_CHARS = 3_000
+
+
+def output_tail(log: bytes) -> str:
+    """The end of a run's output, where a test runner prints what failed."""
+    lines = log.decode("utf-8", errors="replace").rstrip("\n").split("\n")
+    return "\n".join(lines[-OUTPUT_TAIL_LINES:])[-OUTPUT_TAIL_CHARS:]
+
+
 def read_tail(path: Path, size: int) -> bytes:
     """The last `size` bytes of a log, saying how much was left out before them."""
     with path.open("rb") as handle:
