@@ -387,6 +387,34 @@ class CodecConfig(_Section):
         return self
 
 
+class MetricsConfig(_Section):
+    """Prometheus text: Remedy's own counters (remedy.metrics) and the Temporal SDK's."""
+
+    host: str = Field(default="127.0.0.1", description="Where the metrics ports listen")
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="A worker's endpoint for Remedy's counters; the intake serves them at "
+        "GET /metrics on its own port; absent: a worker serves none",
+    )
+    temporal_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="The Temporal SDK's runtime metrics (pollers, task slots, latencies) of "
+        "every process that connects; absent: none",
+    )
+
+
+class TracingConfig(_Section):
+    enabled: bool = Field(
+        default=False,
+        description="OpenTelemetry spans for intake, workflow and activities, one trace per "
+        "incident, sent over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT",
+    )
+
+
 class ServiceConfig(_Section):
     repo: str = Field(description="git URL, file:// URL or local path")
     branch: str = "main"
@@ -479,6 +507,8 @@ class RemedyConfig(BaseSettings):
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
 
     # Where the file was read from; relative paths in it resolve against its folder.
