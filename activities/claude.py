@@ -1,7 +1,8 @@
 """Claude, the cloud backend: the `anthropic` async client, streamed Messages API, tool use.
 
 Every turn must call a tool (`tool_choice: any`): a repository tool or the answer tool whose
-input schema is the answer's shape; the answer turn forces the answer tool. The key is read
+input schema is the answer's shape; the answer turn forces the answer tool among the same
+tools, so the cached prefix (tools, system prompt) is the same on every turn. The key is read
 from the environment variable named in `[llm]` at each call, never stored in config or
 results. The client's own retries are off; Temporal owns retries.
 """
@@ -64,6 +65,8 @@ def wire_tool(tool: ToolSpec) -> dict[str, Any]:
 
 class ClaudeBackend:
     name: BackendName = CLAUDE
+    native_tools = True  # every turn must call a tool, so no turn answers in text
+    context_chars: int | None = None  # 200k tokens hold any prompt and tool results we send
 
     def __init__(self, llm: LLMConfig) -> None:
         self.model = llm.anthropic_model
@@ -107,12 +110,10 @@ class ClaudeBackend:
     ) -> Turn:
         # `temperature` is not sent: current Claude models take no sampling parameters.
         client = self._client_now()
-        if force_answer or not tools:
-            offered = [wire_tool(answer)]
-            choice: dict[str, Any] = {"type": "tool", "name": answer.name}
-        else:
-            offered = [*(wire_tool(t) for t in tools), wire_tool(answer)]
-            choice = {"type": "any"}
+        offered = [*(wire_tool(t) for t in tools), wire_tool(answer)]
+        choice: dict[str, Any] = (
+            {"type": "tool", "name": answer.name} if force_answer or not tools else {"type": "any"}
+        )
         try:
             async with client.messages.stream(
                 model=self.model,

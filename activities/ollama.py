@@ -1,8 +1,11 @@
 """Ollama, the local backend: the `ollama` async client, streamed chat, JSON-schema answers.
 
-Investigation turns offer the repository tools; the answer turn sends the answer's JSON
-schema as `format`, which Ollama enforces while the model generates. The client makes one
-HTTP request per call and never retries; Temporal owns retries.
+Investigation turns offer the repository tools and the answer tool; the answer turn offers
+the same tools (the prompt Ollama renders, and the KV cache of it, stay the same) and sends
+the answer's JSON schema as `format`, which Ollama enforces while the model generates; a
+turn without tools (the JSON action protocol, remedy.llm.agent) sends its schema the same
+way. Every request carries `num_ctx`. The client makes one HTTP request per call and never
+retries; Temporal owns retries.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from remedy.llm.conversation import (
     ChatMessage,
     ToolCall,
     ToolSpec,
+    ToolsUnsupported,
     Turn,
 )
 
@@ -69,8 +73,11 @@ class OllamaBackend:
         self.model = llm.ollama_model
         self.host = llm.ollama_host.rstrip("/")
         self._client = ollama.AsyncClient(host=self.host, timeout=llm.request_timeout_s)
-        # Learned from the server: a model without tool support answers 400 when offered tools.
-        self._tools_unsupported = False
+        self._num_ctx = llm.ollama_num_ctx
+        self.context_chars: int | None = llm.ollama_context_chars()
+        # Learned: a model without tool support answers 400 when offered tools, and a small
+        # one may answer in text instead of calling them (remedy.llm.agent sets it).
+        self.native_tools = True
 
     async def unavailable_reason(self) -> str | None:
         try:
@@ -95,26 +102,22 @@ class OllamaBackend:
         max_tokens: int,
         temperature: float,
     ) -> Turn:
-        offer_tools = bool(tools) and not force_answer and not self._tools_unsupported
+        offered = [wire_tool(t) for t in (*tools, answer)] if tools else None
         try:
             return await self._stream(
                 wire_messages(system, messages),
-                tools=[wire_tool(t) for t in tools] if offer_tools else None,
-                schema=None if offer_tools else answer.parameters,
-                options={"temperature": temperature, "num_predict": max_tokens},
+                tools=offered,
+                schema=answer.parameters if force_answer or not tools else None,
+                options={
+                    "temperature": temperature,
+                    "num_predict": max_tokens,
+                    "num_ctx": self._num_ctx,
+                },
             )
         except ollama.ResponseError as exc:
-            if offer_tools and "does not support tools" in exc.error:
-                self._tools_unsupported = True
-                return await self.chat(
-                    system=system,
-                    messages=messages,
-                    tools=tools,
-                    answer=answer,
-                    force_answer=True,
-                    max_tokens=max_tokens,
-                    temperature=temperature,
-                )
+            if offered and "does not support tools" in exc.error:
+                self.native_tools = False
+                raise ToolsUnsupported(OLLAMA, f"{self.model} takes no tools") from None
             raise self._classify(exc) from None
         except (ConnectionError, httpx.TransportError) as exc:
             raise BackendUnavailable(

@@ -239,7 +239,19 @@ class LLMConfig(_Section):
     max_output_tokens: int = Field(default=4096, ge=256)
     temperature: float = Field(default=0.0, ge=0, le=2)
     request_timeout_s: float = Field(default=300.0, gt=0)
-    max_prompt_chars: int = Field(default=60_000, ge=4_000)
+    max_prompt_chars: int = Field(
+        default=60_000,
+        ge=4_000,
+        description="The first prompt's size for Claude; for Ollama also no more than "
+        "ollama_num_ctx leaves (prompt_chars)",
+    )
+    ollama_num_ctx: int = Field(
+        default=16_384,
+        ge=2_048,
+        description="Ollama's context window in tokens, sent with every request: without it "
+        "Ollama uses its own smaller default and silently drops the start of a long "
+        "conversation. The Ollama prompt budget and conversation size derive from it",
+    )
     max_tool_result_chars: int = Field(default=8_000, ge=500)
     cache: bool = Field(
         default=True, description="Answer identical prompts from the artifact store"
@@ -248,6 +260,25 @@ class LLMConfig(_Section):
         default_factory=_default_prices,
         description="US dollars per model and its dated snapshots; unlisted local models are free",
     )
+
+    def ollama_context_chars(self) -> int:
+        """Characters of conversation that fit Ollama's window beside the answer.
+
+        About 3.5 characters per token for code and English prose under the models' tokenizers.
+        """
+        answer = min(self.max_output_tokens, self.ollama_num_ctx // 2)
+        return int((self.ollama_num_ctx - answer) * 3.5)
+
+    def prompt_chars(self, backends: tuple[str, ...]) -> int:
+        """The first prompt's budget when any of `backends` may answer it.
+
+        For Ollama, half of what its window holds: the system prompt, the tools and the
+        investigation's tool results need the other half.
+        """
+        budget = self.max_prompt_chars
+        if "ollama" in backends:
+            budget = min(budget, max(self.ollama_context_chars() // 2, 4_000))
+        return budget
 
 
 class SlackConfig(_Section):

@@ -22,10 +22,11 @@ from remedy.artifacts import ArtifactStore
 from remedy.config import LimitsConfig, LLMConfig, ModelPrice, RemedyConfig, ServiceConfig
 from remedy.git.runner import GitError
 from remedy.llm import repo_tools
-from remedy.llm.answers import DIAGNOSIS_SCHEMA
+from remedy.llm.agent import action_schema
+from remedy.llm.answers import DIAGNOSIS_SCHEMA, SUBMIT_DIAGNOSIS
 from remedy.llm.conversation import ToolCall
-from remedy.llm.prompts import ANSWER_NOW
-from remedy.llm.repo_tools import RepoTools
+from remedy.llm.prompts import ACTION_NOW, ANSWER_NOW
+from remedy.llm.repo_tools import REPO_TOOLS, RepoTools
 from remedy.llm.routing import Mode
 from remedy.models import (
     DiagnoseRequest,
@@ -61,6 +62,7 @@ def describe(item):
 """
 FIX = Edit(path="app/cart.py", search='item["qty"] for item', replace='item.get("qty", 1) for item')
 POLICY = ServicePolicy(allowed_paths=["app/**"], forbidden_paths=["**/auth/**"])
+ACTIONS = action_schema(REPO_TOOLS, SUBMIT_DIAGNOSIS)
 
 
 def good(confidence: float = 0.9, **changes: Any) -> dict[str, Any]:
@@ -130,7 +132,11 @@ class Shop:
                 **llm,
             ),
             limits=LimitsConfig(**limits),
-            services={"checkout": ServiceConfig(repo=str(self.tmp), llm=mode)},
+            services={
+                "checkout": ServiceConfig(
+                    repo=str(self.tmp), llm=mode, test_command="python -m pytest -q"
+                )
+            },
         )
 
     def activities(self, config: RemedyConfig, **kwargs: Any) -> DiagnosisActivities:
@@ -202,13 +208,15 @@ async def test_a_correct_fix_after_reading_the_code(shop: Shop) -> None:
     assert [(c.name, c.ok) for c in result.tool_calls] == [("read_file", True)]
     first, second = shop.ollama.chats
     assert first["stream"] is True and "format" not in first
-    assert {t["function"]["name"] for t in first["tools"]} == {
+    assert [t["function"]["name"] for t in first["tools"]] == [
         "read_file",
         "grep",
         "search_code",
         "git_log",
         "git_show",
-    }
+        "submit_diagnosis",
+    ]
+    assert first["options"]["num_ctx"] == LLMConfig().ollama_num_ctx
     assert first["messages"][0]["role"] == "system"
     assert "<<<BEGIN UNTRUSTED ERROR" in first["messages"][1]["content"]
     tool_reply = last_message(second)
@@ -219,12 +227,13 @@ async def test_a_correct_fix_after_reading_the_code(shop: Shop) -> None:
     assert result.artifact is not None
     transcript = shop.store.get_json(result.artifact)
     kinds = [event["kind"] for event in transcript["events"]]
-    assert kinds == ["model_turn", "tool_call", "model_turn", "verdict"]
-    assert transcript["events"][1]["call"]["arguments"]["path"] == "app/cart.py"
-    assert "Investigate with the tools" in shop.store.get_text(f"{INCIDENT}/diagnosis/prompt.md")
+    assert kinds == ["protocol", "model_turn", "tool_call", "model_turn", "verdict"]
+    assert transcript["events"][0]["protocol"] == "native tools"
+    assert transcript["events"][2]["call"]["arguments"]["path"] == "app/cart.py"
+    assert "Investigate, then answer." in shop.store.get_text(f"{INCIDENT}/diagnosis/prompt.md")
 
 
-async def test_prose_instead_of_json_is_followed_by_a_schema_constrained_answer(shop: Shop) -> None:
+async def test_prose_instead_of_a_tool_call_switches_to_json_actions(shop: Shop) -> None:
     shop.ollama.script(
         ollama_fake.text("The qty key is missing for some items."),
         ollama_fake.answer(good()),
@@ -233,8 +242,11 @@ async def test_prose_instead_of_json_is_followed_by_a_schema_constrained_answer(
 
     assert result.diagnosis is not None
     second = shop.ollama.chats[1]
-    assert second["format"] == DIAGNOSIS_SCHEMA and not second.get("tools")
-    assert last_message(second) == {"role": "user", "content": ANSWER_NOW}
+    assert second["format"] == ACTIONS.parameters and not second.get("tools")
+    assert "two keys, `action` and `arguments`" in second["messages"][0]["content"]
+    nudge = last_message(second)
+    assert nudge["role"] == "user" and nudge["content"].endswith(ACTION_NOW)
+    assert "holds no JSON object" in nudge["content"]
 
 
 async def test_an_edit_of_the_wrong_file_is_fed_back_then_fixed(shop: Shop) -> None:
@@ -283,9 +295,12 @@ async def test_malformed_json_is_asked_again(shop: Shop) -> None:
     result = await diagnose(shop.activities(shop.config()), shop.request())
 
     assert result.diagnosis is not None
-    assert shop.ollama.chats[1]["format"] == DIAGNOSIS_SCHEMA
+    # The first reply was text, so the model is asked in JSON actions, then for the answer.
+    assert shop.ollama.chats[1]["format"] == ACTIONS.parameters
+    assert shop.ollama.chats[2]["format"] == DIAGNOSIS_SCHEMA
     feedback = last_message(shop.ollama.chats[2])["content"]
     assert "does not have the required shape" in feedback and "root_cause" in feedback
+    assert feedback.endswith(ANSWER_NOW)
 
 
 async def test_instructions_in_the_error_cannot_widen_the_scope(shop: Shop) -> None:
@@ -316,7 +331,8 @@ async def test_a_model_without_tool_support_is_asked_with_the_schema(shop: Shop)
     result = await diagnose(shop.activities(shop.config()), shop.request())
 
     assert result.diagnosis is not None
-    assert shop.ollama.chats[0]["tools"] and shop.ollama.chats[1]["format"] == DIAGNOSIS_SCHEMA
+    first, second = shop.ollama.chats
+    assert first["tools"] and second["format"] == ACTIONS.parameters and not second.get("tools")
 
 
 # ---------------------------------------------------------------------------- Claude conversations
@@ -340,7 +356,8 @@ async def test_claude_investigates_with_tools_then_is_forced_to_answer(
     assert [t["name"] for t in first["tools"]][-1] == "submit_diagnosis"
     assert first["tools"][-1]["input_schema"] == DIAGNOSIS_SCHEMA
     assert second["tool_choice"] == {"type": "tool", "name": "submit_diagnosis"}
-    assert [t["name"] for t in second["tools"]] == ["submit_diagnosis"]
+    # The forced answer keeps the tools and the system prompt: Claude's cached prefix holds.
+    assert second["tools"] == first["tools"] and second["system"] == first["system"]
     result_block, nudge = last_message(second)["content"]
     assert result_block["type"] == "tool_result" and "app/cart.py:2:" in result_block["content"]
     assert nudge["type"] == "text" and "Tool budget spent" in nudge["text"]
@@ -537,7 +554,9 @@ async def test_identical_prompts_are_answered_from_the_cache(shop: Shop) -> None
 
 
 async def test_diagnoses_per_hour_are_capped_per_service(shop: Shop) -> None:
-    shop.ollama.script(ollama_fake.answer(good()))
+    # Two answers: the first conversation's text answer moves this worker's model to JSON
+    # actions, so the retry's request is a new one, not the cached first turn.
+    shop.ollama.script(ollama_fake.answer(good()), ollama_fake.answer(good()))
     acts = shop.activities(shop.config(limits={"max_diagnoses_per_hour": 1}))
     assert (await diagnose(acts, shop.request())).diagnosis is not None
 
@@ -625,8 +644,11 @@ async def test_tool_iterations_are_capped(shop: Shop) -> None:
     result = await diagnose(shop.activities(shop.config(max_tool_iterations=2)), shop.request())
 
     assert result.diagnosis is not None and len(result.tool_calls) == 2
-    third = shop.ollama.chats[2]
-    assert third["format"] == DIAGNOSIS_SCHEMA and not third.get("tools")
+    first, third = shop.ollama.chats[0], shop.ollama.chats[2]
+    assert third["format"] == DIAGNOSIS_SCHEMA and "format" not in first
+    # The forced answer keeps the tools and the system prompt: the server's cache holds.
+    assert third["tools"] == first["tools"]
+    assert third["messages"][0] == first["messages"][0]
     assert "Tool budget spent" in last_message(third)["content"]
 
 

@@ -2,46 +2,237 @@
 
 `converse` is backend-neutral: it speaks to a ChatBackend through a Session and takes the
 answer's parser and checks as arguments, so the diagnosis and the regression test share it.
+
+Two protocols, one loop. With native tools the repository tools and the answer tool are
+offered as function calls. Without them (a model that takes no tools, or one that answered
+in text although tools were offered) every turn's answer schema is an *action*: one JSON
+object `{"action": <a tool or the answer tool>, "arguments": {...}}` that the backend's
+structured output enforces; the loop runs the tool and shows the result in the next user
+message. Either way the system prompt and the tools stay the same from the first turn to the
+forced answer, so a local server reuses its cache of the prompt's prefix; an answer citing a
+file the conversation never showed is sent back once to read it first; and an empty edit
+list after a rejection is an abstention, not an answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+import json
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from remedy.llm.answers import MalformedAnswer
-from remedy.llm.conversation import ChatBackend, ChatMessage, ToolResult, ToolSpec, Turn
-from remedy.llm.prompts import ANSWER_NOW, rejection_feedback
-from remedy.llm.repo_tools import REPO_TOOLS
+from remedy.llm.answers import MalformedAnswer, cited_paths, parse_json_object, proposes_nothing
+from remedy.llm.conversation import (
+    ChatBackend,
+    ChatMessage,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
+    ToolsUnsupported,
+    Turn,
+)
+from remedy.llm.prompts import (
+    ACTION_NOW,
+    ANSWER_NOW,
+    CodeWindow,
+    code_section,
+    json_action_rules,
+    native_tool_rules,
+    read_first_feedback,
+    rejection_feedback,
+)
+from remedy.llm.repo_tools import REPO_TOOLS, read_path
 from remedy.llm.session import Session
 
 T = TypeVar("T")
+Answer = str | Mapping[str, Any]
 
 
 @dataclass(frozen=True)
 class Rejected:
-    """No answer passed its checks: which way the last one failed, and why."""
+    """No answer passed its checks: which way the last one failed, and why.
+
+    `abstained`: the model gave up (no edits) after its answers were rejected; `detail` says
+    so, with the last rejection's reasons.
+    """
 
     outcome: Literal["invalid", "malformed"]
     detail: str
+    abstained: bool = False
 
 
-def _reply_to(turn: Turn, answer: ToolSpec, feedback: str) -> ChatMessage:
-    """The message that answers a rejected turn: every tool call in it gets a result."""
-    if not turn.tool_calls:
-        return ChatMessage(role="user", text=feedback)
-    answered = any(call.name == answer.name for call in turn.tool_calls)
-    results = [
-        ToolResult(
-            call_id=call.id,
-            name=call.name,
-            content=feedback if call.name == answer.name else "not run: the turn gave an answer",
-            is_error=True,
-        )
-        for call in turn.tool_calls
+def action_schema(tools: Sequence[ToolSpec], answer: ToolSpec) -> ToolSpec:
+    """The answer shape of a turn in the JSON action protocol: one of the tools or the answer."""
+    branches = [
+        {
+            "type": "object",
+            "properties": {
+                "action": {"type": "string", "enum": [spec.name]},
+                "arguments": spec.parameters,
+            },
+            "required": ["action", "arguments"],
+            "additionalProperties": False,
+        }
+        for spec in (*tools, answer)
     ]
-    return ChatMessage(role="tool", tool_results=results, text="" if answered else feedback)
+    return ToolSpec(
+        name="next_action",
+        description=f"The next step: one tool, or {answer.name} with the final answer.",
+        parameters={"type": "object", "anyOf": branches},
+    )
+
+
+@dataclass
+class _Step:
+    """What one turn asks for: tools to run, or an answer to check (None: nothing usable)."""
+
+    calls: list[ToolCall] = field(default_factory=list)
+    answer: Answer | None = None
+
+
+def shown_paths(prompt: str, windows: Sequence[CodeWindow]) -> set[str]:
+    """The files whose code the prompt shows (a window the budget left out was not seen)."""
+    return {window.path for window in windows if code_section(window) in prompt}
+
+
+class _Dialogue:
+    """The messages of one conversation and the protocol it speaks to its backend."""
+
+    def __init__(
+        self, session: Session, backend: ChatBackend, system: str, prompt: str, answer: ToolSpec
+    ) -> None:
+        self.session = session
+        self.backend = backend
+        self.base_system = system
+        self.answer = answer
+        self.messages = [ChatMessage(role="user", text=prompt)]
+        self.native_calls = 0
+        self.native = backend.native_tools
+        self._note_protocol()
+
+    @property
+    def system(self) -> str:
+        rules = native_tool_rules if self.native else json_action_rules
+        return f"{self.base_system}\n{rules(REPO_TOOLS, self.answer)}"
+
+    def _note_protocol(self) -> None:
+        protocol = "native tools" if self.native else "JSON actions"
+        self.session.note("protocol", backend=self.backend.name, protocol=protocol)
+
+    def to_json_actions(self) -> None:
+        """From now on, and for this backend's later conversations, actions are JSON answers."""
+        self.native = self.backend.native_tools = False
+        self._note_protocol()
+
+    def size(self) -> int:
+        tools = json.dumps([t.model_dump() for t in REPO_TOOLS]) if self.native else ""
+        return (
+            len(self.system)
+            + len(tools)
+            + sum(
+                len(m.text)
+                + sum(len(r.content) for r in m.tool_results)
+                + sum(len(json.dumps(c.arguments)) for c in m.tool_calls)
+                for m in self.messages
+            )
+        )
+
+    def full(self) -> bool:
+        limit = self.backend.context_chars
+        return limit is not None and self.size() >= limit
+
+    async def ask(self, force: bool) -> Turn:
+        while True:
+            tools: Sequence[ToolSpec]
+            if self.native:
+                tools, answer = REPO_TOOLS, self.answer
+            else:
+                # Tools become answer shapes; the forced answer's shape is the answer itself.
+                tools, answer = (), self.answer if force else action_schema(REPO_TOOLS, self.answer)
+            try:
+                return await self.session.chat(
+                    self.backend,
+                    system=self.system,
+                    messages=self.messages,
+                    tools=tools,
+                    answer=answer,
+                    force_answer=force or not self.native,
+                )
+            except ToolsUnsupported:
+                self.to_json_actions()
+
+    def step(self, turn: Turn, force: bool) -> _Step:
+        if self.native:
+            answered = next((c for c in turn.tool_calls if c.name == self.answer.name), None)
+            if answered is not None:
+                return _Step(answer=answered.arguments)
+            if turn.tool_calls:
+                self.native_calls += 1
+                return _Step(calls=list(turn.tool_calls))
+            if not force and self.native_calls == 0:
+                # Text although tools were offered: this model does not call them.
+                self.to_json_actions()
+            return _Step(answer=turn.text)
+        payload: Answer = turn.tool_calls[0].arguments if turn.tool_calls else turn.text
+        try:
+            action = parse_json_object(payload)
+        except MalformedAnswer:
+            return _Step(answer=payload)  # parsing it again says what is wrong
+        name, arguments = action.get("action"), action.get("arguments")
+        if not isinstance(name, str):
+            return _Step(answer=action)  # the answer itself, without the action around it
+        if not isinstance(arguments, dict):
+            arguments = {}
+        if name == self.answer.name:
+            return _Step(answer=arguments)
+        return _Step(
+            calls=[ToolCall(id=f"action_{len(self.messages)}", name=name, arguments=arguments)]
+        )
+
+    def _said(self, turn: Turn) -> ChatMessage:
+        if self.native:
+            return ChatMessage(role="assistant", text=turn.text, tool_calls=turn.tool_calls)
+        said = turn.text or (json.dumps(turn.tool_calls[0].arguments) if turn.tool_calls else "")
+        return ChatMessage(role="assistant", text=said)
+
+    def add_results(self, turn: Turn, results: Sequence[ToolResult]) -> None:
+        if self.native:
+            reply = ChatMessage(role="tool", tool_results=list(results))
+        else:
+            shown = "\n\n".join(f"Result of {r.name}:\n{r.content}" for r in results)
+            reply = ChatMessage(role="user", text=shown)
+        self.messages += [self._said(turn), reply]
+
+    def add_note(self, note: str) -> None:
+        """Text after the last message's tool results (it is always one of ours)."""
+        last = self.messages[-1]
+        last.text = f"{last.text}\n\n{note}" if last.text else note
+
+    def add_feedback(self, turn: Turn, feedback: str) -> None:
+        """Answer a turn that gave an answer (or tried to) with why it is not taken."""
+        said = self._said(turn)
+        reply = ChatMessage(role="user", text=feedback)
+        if said.tool_calls:  # every native call gets a result
+            reply = ChatMessage(
+                role="tool",
+                tool_results=[
+                    ToolResult(
+                        call_id=call.id,
+                        name=call.name,
+                        content=feedback
+                        if call.name == self.answer.name
+                        else "not run: the turn gave an answer",
+                        is_error=True,
+                    )
+                    for call in said.tool_calls
+                ],
+                text="" if any(c.name == self.answer.name for c in said.tool_calls) else feedback,
+            )
+        self.messages += [said, reply]
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 async def converse(
@@ -51,64 +242,82 @@ async def converse(
     system: str,
     prompt: str,
     answer: ToolSpec,
-    parse: Callable[[str | Mapping[str, Any]], T],
+    parse: Callable[[Answer], T],
     validate: Callable[[T], Awaitable[list[str]]],
     max_attempts: int,
     max_iterations: int,
+    cited: Callable[[T], Collection[str]] = cited_paths,
+    abstains: Callable[[T], bool] = proposes_nothing,
 ) -> T | Rejected:
     """Ask until an answer passes `validate` or `max_attempts` answers were rejected.
 
-    Between answers the model may call the repository tools, `max_iterations` turns in all;
-    then it must answer. Raises BackendUnavailable, BackendRateLimited or TokenCapReached.
+    Between answers the model may call the repository tools, `max_iterations` turns in all
+    (a request to read a cited file first counts as one), while the conversation fits the
+    backend's window; then it must answer. `cited`: the files an answer rests on, which the
+    conversation must have shown; `abstains`: an answer that proposes nothing, an abstention
+    when it follows a rejection. Raises BackendUnavailable, BackendRateLimited or
+    TokenCapReached.
     """
-    messages = [ChatMessage(role="user", text=prompt)]
+    dialogue = _Dialogue(session, backend, system, prompt, answer)
+    seen = shown_paths(prompt, session.tools.windows)
+    asked_to_read: set[str] = set()
     iterations = 0
-    outcome: Rejected = Rejected("malformed", "no answer")
+    rejections: list[str] = []
+    outcome = Rejected("malformed", "no answer")
+    kind: Literal["invalid", "malformed"]
     for attempt in range(1, max_attempts + 1):
         force = False
         while True:
-            force = force or iterations >= max_iterations
-            turn = await session.chat(
-                backend,
-                system=system,
-                messages=messages,
-                tools=() if force else REPO_TOOLS,
-                answer=answer,
-                force_answer=force,
-            )
-            answer_call = next((c for c in turn.tool_calls if c.name == answer.name), None)
-            if answer_call is not None:
-                raw: str | Mapping[str, Any] = answer_call.arguments
-                break
-            if turn.tool_calls and not force:
+            force = force or iterations >= max_iterations or dialogue.full()
+            turn = await dialogue.ask(force)
+            was_native = dialogue.native
+            step = dialogue.step(turn, force)
+            if step.calls and not force:
                 iterations += 1
-                results = await session.run_tools(turn.tool_calls)
-                nudge = f"Tool budget spent. {ANSWER_NOW}" if iterations >= max_iterations else ""
-                messages += [
-                    ChatMessage(role="assistant", text=turn.text, tool_calls=turn.tool_calls),
-                    ChatMessage(role="tool", tool_results=results, text=nudge),
-                ]
+                results = await session.run_tools(step.calls)
+                seen |= {
+                    p for c, r in zip(step.calls, results, strict=True) if (p := read_path(c, r))
+                }
+                dialogue.add_results(turn, results)
+                if iterations >= max_iterations:
+                    dialogue.add_note(f"Tool budget spent. {ANSWER_NOW}")
+                elif dialogue.full():
+                    dialogue.add_note(f"Context budget spent. {ANSWER_NOW}")
                 continue
-            raw = turn.text
-            if force:
-                break
-            # Plain text ends the investigation: it is the answer, or the answer is asked for.
+            raw: Answer = step.answer if step.answer is not None else turn.text
             try:
-                parse(raw)
-            except MalformedAnswer:
-                messages += [
-                    ChatMessage(role="assistant", text=turn.text),
-                    ChatMessage(role="user", text=ANSWER_NOW),
-                ]
-                force = True
+                value = parse(raw)
+            except MalformedAnswer as exc:
+                if force:
+                    problems, kind = [str(exc)], "malformed"
+                    break
+                switched = was_native and not dialogue.native
+                # A model that just learned the JSON protocol may still investigate;
+                # otherwise the next turn demands the answer.
+                dialogue.add_feedback(turn, f"{exc}. {ACTION_NOW if switched else ANSWER_NOW}")
+                force = not switched
                 continue
-            break
-        try:
-            value = parse(raw)
-            problems = await validate(value)
-            kind: Literal["invalid", "malformed"] = "invalid"
-        except MalformedAnswer as exc:
-            problems, kind = [str(exc)], "malformed"
+            if rejections and abstains(value):
+                detail = (
+                    f"abstained after {_plural(len(rejections), 'rejected answer')}: "
+                    f"{rejections[-1]}"
+                )
+                session.note("verdict", backend=backend.name, attempt=attempt, abstained=detail)
+                return Rejected("invalid", detail, abstained=True)
+            problems, kind = await validate(value), "invalid"
+            unread = [
+                p
+                for p in sorted(cited(value))
+                if p not in seen and p not in asked_to_read and await session.tools.blob(p)
+            ]
+            if unread and not problems and not force:
+                # It would pass, but rests on code the model never saw: look before leaping.
+                iterations += 1
+                asked_to_read.update(unread)
+                session.note("read_first", backend=backend.name, attempt=attempt, paths=unread)
+                dialogue.add_feedback(turn, read_first_feedback(unread))
+                continue
+            break  # the answer is judged
         session.note(
             "verdict",
             backend=backend.name,
@@ -118,9 +327,7 @@ async def converse(
         )
         if not problems:
             return value
-        outcome = Rejected(kind, f"answer {attempt}: {'; '.join(problems)}")
-        messages += [
-            ChatMessage(role="assistant", text=turn.text, tool_calls=turn.tool_calls),
-            _reply_to(turn, answer, rejection_feedback(problems)),
-        ]
+        rejections.append(f"answer {attempt}: {'; '.join(problems)}")
+        outcome = Rejected(kind, rejections[-1])
+        dialogue.add_feedback(turn, rejection_feedback(problems))
     return Rejected(outcome.outcome, f"{max_attempts} answers rejected, last: {outcome.detail}")

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from remedy.llm.conversation import ToolSpec
+from remedy.llm.prompts import UNTRUSTED_MARKERS
 from remedy.models import Diagnosis, Edit, ServicePolicy
 from remedy.patching import EditedFile, repo_path, try_edits
 from remedy.policy import diff_size_violation, regression_test_violation, scope_violations
@@ -41,7 +42,9 @@ _DESCRIPTIONS = {
     "search": "Exact text of the file at this commit, occurring exactly once, indentation included",
     "replace": "The text that replaces it",
     "path": PATH_DESCRIPTION,
+    "line": "1-based line number in that file",
     "content": "The whole test file",
+    "explanation": "Why the test fails before the fix and passes after it",
 }
 
 
@@ -90,31 +93,47 @@ class MalformedAnswer(ValueError):
     """The model's answer is not the required shape; the message is fed back to it."""
 
 
-_CODE_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
+_DECODER = json.JSONDecoder()
+MAX_OBJECT_STARTS = 64  # a reply of nested braces must not cost a decode per character
 
 
 def parse_json_object(raw: str | Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON object in a reply: the reply itself, inside a ``` fence, or between prose."""
+    """The JSON object in a reply: the reply itself, inside a ``` fence, or between prose.
+
+    Every `{` is tried as the start of a JSON value (json's own raw_decode, so braces in
+    strings and fences around the object need no pattern); among the objects found the
+    longest is the answer, since prose around it holds at most small ones.
+    """
     if isinstance(raw, Mapping):
         return dict(raw)
     text = raw.strip()
     if not text:
         raise MalformedAnswer("the answer is empty; expected one JSON object")
-    fenced = _CODE_FENCE.match(text)
-    if fenced:
-        text = fenced.group(1).strip()
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0:
+    found: list[tuple[int, dict[str, Any]]] = []
+    first_error: json.JSONDecodeError | None = None
+    position, starts = text.find("{"), 0
+    if position < 0:
         raise MalformedAnswer("the answer holds no JSON object; expected exactly one")
-    try:
-        value = json.loads(text[start : end + 1] if end > start else text[start:])
-    except json.JSONDecodeError as exc:
+    while position >= 0 and starts < MAX_OBJECT_STARTS:
+        starts += 1
+        try:
+            value, end = _DECODER.raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            first_error = first_error or exc
+            position = text.find("{", position + 1)
+            continue
+        except RecursionError:
+            break
+        if isinstance(value, dict):
+            found.append((end - position, value))
+        position = text.find("{", end)
+    if not found:
+        if first_error is None:
+            raise MalformedAnswer("the answer holds no JSON object; expected exactly one")
         raise MalformedAnswer(
-            f"the answer is not valid JSON: {exc.msg} at character {exc.pos}"
-        ) from None
-    if not isinstance(value, dict):
-        raise MalformedAnswer("the answer is JSON but not an object")
-    return value
+            f"the answer is not valid JSON: {first_error.msg} at character {first_error.pos}"
+        )
+    return max(found, key=lambda item: item[0])[1]
 
 
 def _describe(error: ValidationError) -> str:
@@ -154,6 +173,27 @@ def parse_regression_test(raw: str | Mapping[str, Any]) -> RegressionTestAnswer:
         ) from None
 
 
+def cited_paths(answer: object) -> set[str]:
+    """The repository files an answer rests on (a diagnosis's evidence and edits), which the
+    model must have seen in its conversation; none for other answers."""
+    return referenced_paths(answer) if isinstance(answer, Diagnosis) else set()
+
+
+def proposes_nothing(answer: object) -> bool:
+    """A diagnosis without edits: an honest "no safe fix", or a retreat after a rejection."""
+    return isinstance(answer, Diagnosis) and not answer.edits
+
+
+def _echoes_markers(text: str) -> bool:
+    return any(marker in text for marker in UNTRUSTED_MARKERS)
+
+
+_MARKER_PROBLEM = (
+    "contains Remedy's untrusted-text markers (<<<BEGIN/END UNTRUSTED): they fence data in the "
+    "prompt and never belong in a file"
+)
+
+
 def referenced_paths(diagnosis: Diagnosis) -> set[str]:
     """Every valid repository path the diagnosis names: the files validation must read."""
     paths = {repo_path(e.path) for e in diagnosis.evidence} | {
@@ -188,6 +228,8 @@ def check_edits(
     refused = {refusal.edit: str(refusal) for refusal in refusals}
     problems: list[str] = []
     for number, edit in enumerate(edits, start=1):
+        if _echoes_markers(edit.replace):
+            problems.append(f"edit {number} ({edit.path}): the replacement {_MARKER_PROBLEM}")
         if number in refused:
             problems.append(refused[number])
         elif edit.search == edit.replace:
@@ -293,6 +335,8 @@ def validate_regression_test(
         problems.append(f"{path}: the file already exists; choose a new file name")
     if not _TEST_NAME.match(posixpath.basename(path)):
         problems.append(f"{path}: name the file test_*.py or *_test.py so the test runner finds it")
+    if _echoes_markers(answer.content):
+        problems.append(f"{path}: the test {_MARKER_PROBLEM}")
     if problem := syntax_problem(path if path.endswith(".py") else f"{path}.py", answer.content):
         problems.append(problem)
     return problems

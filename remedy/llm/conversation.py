@@ -64,6 +64,11 @@ class ChatBackend(Protocol):
 
     name: BackendName
     model: str
+    native_tools: bool
+    """Offer the tools as function calls. False: the loop offers them as JSON answers instead
+    (remedy.llm.agent), and sets it so for a model that answers in text when offered tools."""
+    context_chars: int | None
+    """How much conversation fits the model's window beside its answer; None: no concern."""
 
     async def unavailable_reason(self) -> str | None:
         """None when the backend can be asked now; otherwise what is missing, for a person."""
@@ -80,8 +85,10 @@ class ChatBackend(Protocol):
         max_tokens: int,
         temperature: float,
     ) -> Turn:
-        """One model turn. `tools` may be called; `answer` is the final shape (a forced tool or a
-        JSON schema, as the backend supports it), demanded outright when `force_answer`."""
+        """One model turn. `tools` may be called and `answer` is offered with them (a tool or a
+        JSON schema, as the backend supports it); `force_answer` demands it outright and offers
+        the same tools, so that the prompt's prefix, and the server's cache of it, stay the
+        same. Raises ToolsUnsupported when the model cannot be offered tools."""
         ...
 
 
@@ -101,6 +108,10 @@ class BackendUnavailable(BackendError):
     ) -> None:
         super().__init__(backend, reason)
         self.kind = kind
+
+
+class ToolsUnsupported(BackendError):
+    """The model takes no tool definitions (Ollama answers 400): ask again without them."""
 
 
 class BackendRateLimited(BackendError):

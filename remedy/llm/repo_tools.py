@@ -51,7 +51,11 @@ GREP = ToolSpec(
         "type": "object",
         "properties": {
             "pattern": {"type": "string"},
-            "path_glob": {"type": "string", "description": "e.g. app/**/*.py; default: all files"},
+            "path_glob": {
+                "type": "string",
+                "description": "Glob of the files to search, relative to the repository root "
+                "(** spans directories); default: all files",
+            },
         },
         "required": ["pattern"],
     },
@@ -89,6 +93,19 @@ _SHA = re.compile(r"^[0-9a-fA-F]{4,40}$")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")
 
 
+def tool_path(raw: str) -> str | None:
+    """A path argument as a repository path; None when it leaves the repository."""
+    return repo_path(raw.removeprefix("./"))
+
+
+def read_path(call: ToolCall, result: ToolResult) -> str | None:
+    """The file a call showed the model: a successful read_file's path, else None."""
+    raw = call.arguments.get("path")
+    if call.name != READ_FILE.name or result.is_error or not isinstance(raw, str):
+        return None
+    return tool_path(raw)
+
+
 class ToolError(Exception):
     """A tool call the model got wrong; the message goes back to it as the result."""
 
@@ -114,6 +131,8 @@ class RepoTools:
         self._max_chars = max_result_chars
         self._on_wait = on_wait
         self._blobs: dict[str, bytes | None] = {}
+        self.windows: list[CodeWindow] = []
+        """What code_windows() gave the prompts: the code a model may have seen up front."""
 
     @property
     def _commit(self) -> str:
@@ -160,7 +179,9 @@ class RepoTools:
 
     async def code_windows(self, evidence: Evidence) -> list[CodeWindow]:
         """The code the prompt shows up front, in the evidence's ranking (remedy.evidence)."""
-        return [w for spec in ranked_windows(evidence) if (w := await self.window(spec))]
+        windows = [w for spec in ranked_windows(evidence) if (w := await self.window(spec))]
+        self.windows.extend(windows)
+        return windows
 
     # -- the tools ------------------------------------------------------------
 
@@ -199,7 +220,7 @@ class RepoTools:
 
     def _path(self, arguments: Mapping[str, Any]) -> str:
         raw = self._arg(arguments, "path", str)
-        path = repo_path(raw.removeprefix("./"))
+        path = tool_path(raw)
         if path is None:
             raise ToolError(f"path {raw!r} must be relative to the repository root")
         return path
