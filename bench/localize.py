@@ -157,6 +157,17 @@ def same_function(chunk: str, fix: str) -> bool:
     return path == fix_path and (symbol == fix_symbol or fix_symbol.endswith(f".{symbol}"))
 
 
+def incident_event(case: dict[str, Any], commit: str) -> ErrorEvent:
+    """The error report a case's failure makes: its type, message and traceback, at `commit`
+    (never the answer key)."""
+    return ErrorEvent(
+        service=service_name(case["project"]),
+        release=commit,
+        error=ErrorInfo(type=case["error_type"], message=case["error_message"][:MAX_MESSAGE_CHARS]),
+        traceback=case["traceback"],
+    )
+
+
 def run_case(case: dict[str, Any], data: Path, work: Path, *, with_frames: bool = False) -> Outcome:
     """The case through the evidence activities. `with_frames` hands index_repo the
     incident's frames as the workflow does, so a never-indexed repository gets its focus
@@ -170,13 +181,7 @@ def run_case(case: dict[str, Any], data: Path, work: Path, *, with_frames: bool 
     gits = GitActivities(config, store)
     index = IndexActivities(config, store)
 
-    event = ErrorEvent(
-        service=service,
-        release=commit,
-        error=ErrorInfo(type=case["error_type"], message=case["error_message"][:MAX_MESSAGE_CHARS]),
-        traceback=case["traceback"],
-    )
-    start = build_incident_start(event, config)
+    start = build_incident_start(incident_event(case, commit), config)
     incident = f"bench-{case['id']}"
     pipeline_started = time.perf_counter()
     steps: dict[str, float] = {}
