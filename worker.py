@@ -21,8 +21,9 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.metrics import MetricsInterceptor
 from activities.progress import LivenessInterceptor
-from remedy import names
+from remedy import metrics, names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
 from remedy.temporal import address_of, reach_retrying
@@ -95,7 +96,7 @@ def build_worker(
         max_concurrent_workflow_tasks=config.worker.max_concurrent_workflow_tasks,
         graceful_shutdown_timeout=timedelta(seconds=config.worker.graceful_shutdown_s),
         max_heartbeat_throttle_interval=timedelta(seconds=HEARTBEAT_EVERY_S),
-        interceptors=[LivenessInterceptor()],
+        interceptors=[LivenessInterceptor(), MetricsInterceptor()],
     )
 
 
@@ -159,6 +160,7 @@ def build_workers(client: Client, config: RemedyConfig, role: str = "all") -> li
 async def run_workers(config: RemedyConfig, stop: asyncio.Event, role: str = "all") -> None:
     """Poll until `stop` is set. Temporal may be down or not up yet: keep trying to connect
     (a log line per try) rather than exit, and leave at once if stopped meanwhile."""
+    metrics.serve(config.metrics)  # [metrics] port: Remedy's counters of this process
     # The model loads while Temporal is reached; an index worker of its own polls once it has.
     loading: asyncio.Future[None] | None = None
     if serves_index(config, role):

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from remedy import names
+from remedy import metrics, names
 from remedy.config import RemedyConfig, secret
 from remedy.intake import (
     build_incident_start,
@@ -40,6 +40,7 @@ from remedy.intake import (
 )
 from remedy.models import ErrorEvent, IncidentStart, IncidentStatus, IntakeResponse
 from starter.incidents import IncidentNotFound, incident_status
+from starter.metrics import mount_metrics
 from starter.recent_reports import RecentReports
 from starter.reporter import Reporter, TemporalReporter
 from starter.request_body import BodyRefused, read_capped_body
@@ -64,8 +65,10 @@ class HTTPProblem(Exception):
         self.extra = extra
 
 
-def _problem_response(_: Request, exc: Exception) -> JSONResponse:
+def _problem_response(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPProblem)
+    if request.method == "POST":  # a report refused (errors, Sentry, OTLP, deploys)
+        metrics.count_rejected_report(exc.status)
     return JSONResponse(
         {"error": exc.message, **exc.extra}, status_code=exc.status, headers=exc.headers
     )
@@ -280,7 +283,9 @@ async def report_start(reporter: Reporter, start: IncidentStart) -> IntakeRespon
     try:
         # A deadline, not wait_for: no task per report (a storm's reports return at once).
         async with asyncio.timeout(REPORT_DEADLINE_S):
-            return await reporter.report(start)
+            response = await reporter.report(start)
+        metrics.count_report(deduplicated=response.deduplicated)
+        return response
     except TimeoutError:
         log.warning("Temporal did not take %s/%s in time", start.service, start.fingerprint)
         raise HTTPProblem(
@@ -485,6 +490,7 @@ def create_app(
     app.state.recent_reports = RecentReports()
     app.add_exception_handler(HTTPProblem, _problem_response)
     app.include_router(router)
+    mount_metrics(app)
     from starter.otlp import router as otlp_router  # both build on this module's checks
     from starter.sentry import router as sentry_router
 
