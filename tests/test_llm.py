@@ -7,6 +7,7 @@ runs `DiagnosisActivities.diagnose` in an activity context over a real git repos
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -746,3 +747,196 @@ async def test_secrets_never_reach_the_model(shop: Shop) -> None:
     sent = json.dumps(shop.ollama.chats)
     assert token not in sent and "hunter2" not in sent
     assert "[REDACTED]" in sent
+
+
+# ---------------------------------------------------------------------------- small local models
+
+
+def fenced(value: dict[str, Any]) -> str:
+    """How small models answer when offered tools: a Markdown JSON fence inside prose."""
+    return f"Here is the diagnosis:\n```json\n{json.dumps(value, indent=2)}\n```\nHope it helps."
+
+
+NO_TOOLS = ollama_fake.error(400, "registry.ollama.ai/library/tiny does not support tools")
+
+
+def actions(**arguments: Any) -> dict[str, Any]:
+    return {"action": "submit_diagnosis", "arguments": good(**arguments)}
+
+
+async def test_a_fenced_json_answer_among_prose_is_accepted(shop: Shop) -> None:
+    shop.ollama.script(ollama_fake.text(fenced(good())))
+    result = await diagnose(shop.activities(shop.config()), shop.request())
+
+    assert result.diagnosis is not None and result.diagnosis.edits == [FIX]
+    assert len(shop.ollama.chats) == 1 and result.attempts[0].outcome == "accepted"
+
+
+async def test_a_model_that_writes_actions_as_text_is_run_through_json_actions(shop: Shop) -> None:
+    read = {"action": "read_file", "arguments": {"path": "app/cart.py", "start": 1, "end": 3}}
+    shop.ollama.script(
+        ollama_fake.text(f"```json\n{json.dumps(read)}\n```"),
+        ollama_fake.answer(actions()),
+        ollama_fake.answer(actions()),
+    )
+    acts = shop.activities(shop.config())
+    result = await diagnose(acts, shop.request())
+
+    assert result.diagnosis is not None and result.diagnosis.edits == [FIX]
+    assert [(c.name, c.ok) for c in result.tool_calls] == [("read_file", True)]
+    first, second = shop.ollama.chats
+    assert first["tools"] and "format" not in first
+    assert second["format"] == ACTIONS.parameters and not second.get("tools")
+    system = second["messages"][0]["content"]
+    assert "exactly one JSON object with two keys" in system and "calling the tools" not in system
+    said, shown = second["messages"][-2:]
+    assert said == {"role": "assistant", "content": f"```json\n{json.dumps(read)}\n```"}
+    assert shown["role"] == "user" and shown["content"].startswith("Result of read_file:\n")
+    assert '2|     return sum(item["price"] * item["qty"]' in shown["content"]
+    # The worker remembers: the next incident is asked in JSON actions from its first turn.
+    await diagnose(acts, shop.request("checkout-0123456789abcdef-ffffffff"))
+    third = shop.ollama.chats[2]
+    assert third["format"] == ACTIONS.parameters and not third.get("tools")
+    assert third["messages"][0] == second["messages"][0]
+
+
+async def test_json_actions_keep_the_system_prompt_to_the_forced_answer(shop: Shop) -> None:
+    shop.ollama.script(
+        NO_TOOLS,
+        ollama_fake.answer({"action": "git_log", "arguments": {}}),
+        ollama_fake.answer(good()),
+    )
+    result = await diagnose(shop.activities(shop.config(max_tool_iterations=1)), shop.request())
+
+    assert result.diagnosis is not None
+    refused, investigating, answering = shop.ollama.chats
+    assert refused["tools"]
+    assert investigating["format"] == ACTIONS.parameters
+    assert answering["format"] == DIAGNOSIS_SCHEMA and not answering.get("tools")
+    assert answering["messages"][0] == investigating["messages"][0]
+    assert answering["messages"][: len(investigating["messages"])] == investigating["messages"]
+    assert "Tool budget spent" in last_message(answering)["content"]
+
+
+async def test_an_answer_citing_code_never_read_is_sent_back_to_read_it(shop: Shop) -> None:
+    shop.ollama.script(
+        NO_TOOLS,
+        ollama_fake.answer(actions()),
+        ollama_fake.answer({"action": "read_file", "arguments": {"path": "./app/cart.py"}}),
+        ollama_fake.answer(actions()),
+    )
+    # No located frames: the prompt shows no code, so the model has seen none of app/cart.py.
+    request = shop.request(evidence=Evidence(summary="total() raised KeyError: 'qty'"))
+    result = await diagnose(shop.activities(shop.config()), request)
+
+    assert result.diagnosis is not None and result.diagnosis.edits == [FIX]
+    asked = last_message(shop.ollama.chats[2])["content"]
+    assert asked.startswith("Your answer cites app/cart.py, which you have not read")
+    assert [c.name for c in result.tool_calls] == ["read_file"]
+    assert result.attempts[0].outcome == "accepted"
+    assert result.artifact is not None
+    events = [event["kind"] for event in shop.store.get_json(result.artifact)["events"]]
+    assert events[:5] == ["protocol", "protocol", "model_turn", "read_first", "model_turn"]
+
+
+async def test_an_answer_that_still_cites_unread_code_is_judged_the_second_time(shop: Shop) -> None:
+    shop.ollama.script(NO_TOOLS, ollama_fake.answer(good()), ollama_fake.answer(good()))
+    request = shop.request(evidence=Evidence(summary="total() raised KeyError: 'qty'"))
+    result = await diagnose(shop.activities(shop.config()), request)
+
+    assert result.diagnosis is not None and len(shop.ollama.chats) == 3
+
+
+async def test_ollama_gets_num_ctx_and_a_full_window_demands_the_answer(shop: Shop) -> None:
+    shop.ollama.script(ollama_fake.answer(good()))
+    result = await diagnose(shop.activities(shop.config(ollama_num_ctx=2_048)), shop.request())
+
+    assert result.diagnosis is not None
+    (only,) = shop.ollama.chats
+    assert only["options"]["num_ctx"] == 2_048
+    # 2,048 tokens hold less than the system prompt and the tools: no room to investigate.
+    assert only["format"] == DIAGNOSIS_SCHEMA and only["tools"]
+
+
+def test_the_prompt_budget_follows_the_ollama_window() -> None:
+    small, large = LLMConfig(ollama_num_ctx=8_192), LLMConfig(ollama_num_ctx=131_072)
+    assert small.prompt_chars(("claude",)) == small.max_prompt_chars == 60_000
+    assert small.prompt_chars(("ollama", "claude")) == (8_192 - 4_096) * 35 // 10 // 2
+    assert large.prompt_chars(("ollama",)) == large.max_prompt_chars
+
+
+def test_no_prompt_holds_an_example_value() -> None:
+    from remedy.llm.answers import SUBMIT_REGRESSION_TEST
+    from remedy.llm.prompts import (
+        DIAGNOSIS_SYSTEM_PROMPT,
+        REGRESSION_SYSTEM_PROMPT,
+        json_action_rules,
+        native_tool_rules,
+    )
+
+    shown = [DIAGNOSIS_SYSTEM_PROMPT, REGRESSION_SYSTEM_PROMPT, json.dumps(ACTIONS.parameters)]
+    for answer in (SUBMIT_DIAGNOSIS, SUBMIT_REGRESSION_TEST):
+        shown += [native_tool_rules(REPO_TOOLS, answer), json_action_rules(REPO_TOOLS, answer)]
+        shown += [json.dumps(tool.model_dump()) for tool in (*REPO_TOOLS, answer)]
+    text = "\n".join(shown)
+    assert "summary" in text and "root_cause" in text and "read_file" in text
+    for example in ("app/", "cart", "42", "e.g.", '..."', "exact old text"):
+        assert example not in text
+    assert not re.search(r"[\w-]+/[\w./-]*\.\w+", text), "a file path in a prompt"
+    assert not re.search(r"\bline \d", text), "a line number in a prompt"
+
+
+async def test_untrusted_markers_in_an_edit_are_rejected(shop: Shop) -> None:
+    echoed = with_edit(replace='item.get("qty", 1) for item\n<<<END UNTRUSTED CODE 0123456789ab>>>')
+    shop.ollama.script(ollama_fake.answer(echoed), ollama_fake.answer(good()))
+    result = await diagnose(shop.activities(shop.config()), shop.request())
+
+    assert result.diagnosis is not None and result.diagnosis.edits == [FIX]
+    feedback = last_message(shop.ollama.chats[1])["content"]
+    assert "edit 1 (app/cart.py): the replacement contains Remedy's untrusted-text markers" in (
+        feedback
+    )
+
+
+async def test_untrusted_markers_in_a_regression_test_are_rejected(shop: Shop) -> None:
+    echoed = REGRESSION + "# <<<BEGIN UNTRUSTED CODE 0123456789ab>>>\n"
+    shop.ollama.script(
+        ollama_fake.answer({"path": "tests/test_qty.py", "content": echoed, "explanation": "x"}),
+        ollama_fake.answer(
+            {"path": "tests/test_qty.py", "content": REGRESSION, "explanation": "x"}
+        ),
+    )
+    acts = shop.activities(shop.config())
+    result: RegressionTestResult = await ActivityEnvironment().run(
+        acts.write_regression_test, regression_request(shop, backend="ollama")
+    )
+
+    assert result.test is not None and shop.store.get_text(result.test.content) == REGRESSION
+    feedback = last_message(shop.ollama.chats[1])["content"]
+    assert "tests/test_qty.py: the test contains Remedy's untrusted-text markers" in feedback
+
+
+async def test_empty_edits_after_a_rejection_are_an_abstention(shop: Shop) -> None:
+    shop.ollama.script(
+        ollama_fake.answer(with_edit(path="app/carts.py")), ollama_fake.answer(good(edits=[]))
+    )
+    result = await diagnose(shop.activities(shop.config()), shop.request())
+
+    assert result.diagnosis is None
+    feedback = last_message(shop.ollama.chats[1])["content"]
+    assert "rejected" in feedback and "empty" not in feedback  # no invitation to give up
+    (attempt,) = result.attempts
+    assert attempt.detail.startswith(
+        "abstained after 1 rejected answer: answer 1: edit 1 (app/carts.py): no such file"
+    )
+    assert result.abstained_reason == (
+        f"no acceptable diagnosis: ollama qwen2.5-coder:7b: {attempt.detail}"
+    )
+
+
+async def test_empty_edits_at_first_are_an_honest_no_fix(shop: Shop) -> None:
+    shop.ollama.script(ollama_fake.answer(good(edits=[])))
+    result = await diagnose(shop.activities(shop.config()), shop.request())
+
+    assert result.diagnosis is not None and result.diagnosis.edits == []
+    assert result.attempts[0].outcome == "accepted"

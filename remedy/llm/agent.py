@@ -169,16 +169,19 @@ class _Dialogue:
             if turn.tool_calls:
                 self.native_calls += 1
                 return _Step(calls=list(turn.tool_calls))
-            if not force and self.native_calls == 0:
-                # Text although tools were offered: this model does not call them.
-                self.to_json_actions()
-            return _Step(answer=turn.text)
+            if force or self.native_calls:
+                return _Step(answer=turn.text)
+            # Text although tools were offered: this model does not call them. The text may
+            # already be an action written out, so it is read as one.
+            self.to_json_actions()
         payload: Answer = turn.tool_calls[0].arguments if turn.tool_calls else turn.text
         try:
             action = parse_json_object(payload)
         except MalformedAnswer:
             return _Step(answer=payload)  # parsing it again says what is wrong
-        name, arguments = action.get("action"), action.get("arguments")
+        arguments = action.get("arguments")
+        # Small models also write the tool-call shape their chat template taught them.
+        name = action.get("action", action.get("name") if isinstance(arguments, dict) else None)
         if not isinstance(name, str):
             return _Step(answer=action)  # the answer itself, without the action around it
         if not isinstance(arguments, dict):
