@@ -28,6 +28,7 @@ from temporalio.service import RPCError
 from remedy.codec import EncryptionCodec, keys_from_environment
 from remedy.config import CodecConfig, RemedyConfig, secret
 from remedy.metrics import temporal_runtime
+from remedy.tracing import client_interceptors
 
 
 def payload_codec(codec: CodecConfig) -> EncryptionCodec | None:
@@ -62,6 +63,9 @@ def connect_options(config: RemedyConfig) -> dict[str, Any]:
     # Only what a profile or TEMPORAL_* variable actually sets overrides remedy.toml.
     loaded = ClientConfig.load_client_connect_config(profile=config.temporal.profile)
     options.update({key: value for key, value in loaded.items() if value})
+    interceptors = client_interceptors(config.tracing)  # [tracing]: one trace per incident
+    if interceptors:
+        options["interceptors"] = interceptors
     runtime = temporal_runtime(config.metrics)  # [metrics] temporal_port: the SDK's metrics
     if runtime is not None:
         options["runtime"] = runtime
