@@ -45,7 +45,8 @@ def _named_env_variables(config: RemedyConfig) -> set[str]:
     return found
 
 
-def _expected_search_attributes() -> dict[str, str]:
+def expected_search_attributes() -> dict[str, str]:
+    """Remedy's search attributes as registration commands spell them: name -> type."""
     kinds = {
         SearchAttributeIndexedValueType.KEYWORD: "Keyword",
         SearchAttributeIndexedValueType.INT: "Int",
@@ -144,7 +145,7 @@ def test_the_one_shot_registers_every_search_attribute_with_its_type(
 ) -> None:
     script = "\n".join(compose["services"]["temporal-search-attributes"]["command"])
     registered = dict(re.findall(r"(Remedy\w+)=(Keyword|Int)", script))
-    assert registered == _expected_search_attributes()
+    assert registered == expected_search_attributes()
 
 
 def test_the_compose_remedy_toml_loads_and_its_secrets_reach_the_services() -> None:
