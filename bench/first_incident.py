@@ -79,6 +79,7 @@ def main() -> None:
     get_embedder(RemedyConfig().embeddings)
     with tempfile.TemporaryDirectory(prefix="remedy-first-incident-") as scratch:
         first = run_case(case, arguments.data, Path(scratch) / "first", with_frames=True)
+        assert first.index is not None  # run with the index
         print(f"first incident: {first.to_diagnosing:.1f} s to diagnosing, "
               f"{first.index.files} files / {first.index.chunks} chunks indexed "
               f"(complete: {first.index.complete}); fix file in the evidence: "

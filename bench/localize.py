@@ -74,7 +74,9 @@ class Outcome:
     function_rank: int | None
     baseline_file_rank: int | None
     baseline_function_rank: int | None
-    index: IndexResult
+    calls_file_rank: int | None
+    calls_function_rank: int | None
+    index: IndexResult | None
     seconds: float
     to_diagnosing: float
     steps: dict[str, float]
@@ -168,10 +170,18 @@ def incident_event(case: dict[str, Any], commit: str) -> ErrorEvent:
     )
 
 
-def run_case(case: dict[str, Any], data: Path, work: Path, *, with_frames: bool = False) -> Outcome:
+def run_case(
+    case: dict[str, Any],
+    data: Path,
+    work: Path,
+    *,
+    with_frames: bool = False,
+    with_index: bool = True,
+) -> Outcome:
     """The case through the evidence activities. `with_frames` hands index_repo the
     incident's frames as the workflow does, so a never-indexed repository gets its focus
-    index (remedy.index.focus) rather than a full one."""
+    index (remedy.index.focus) rather than a full one; without `with_index` the code index
+    is left out (the evidence an incident has when indexing fails)."""
     started = time.perf_counter()
     service = service_name(case["project"])
     repo, commit = project_repository(case, data, work)
@@ -196,10 +206,14 @@ def run_case(case: dict[str, Any], data: Path, work: Path, *, with_frames: bool 
         "sync", gits.sync_repo, SyncRequest(incident_id=incident, service=service, release=commit)
     )
     frames = start.event.frames if with_frames else []
-    indexed: IndexResult = timed(
-        "index",
-        index.index_repo,
-        IndexRequest(worktree=worktree, incident_id=incident, frames=frames),
+    indexed: IndexResult | None = (
+        timed(
+            "index",
+            index.index_repo,
+            IndexRequest(worktree=worktree, incident_id=incident, frames=frames),
+        )
+        if with_index
+        else None
     )
     # What the workflow hands both activities: the incident's error and parsed frames.
     about: dict[str, Any] = {
@@ -209,15 +223,18 @@ def run_case(case: dict[str, Any], data: Path, work: Path, *, with_frames: bool 
         "frames": start.event.frames,
     }
     evidence: Evidence = timed("investigate", gits.investigate, InvestigateRequest(**about))
-    related: RelatedResult = timed("related", index.find_related, RelatedRequest(**about))
+    full = evidence
+    if with_index:
+        related: RelatedResult = timed("related", index.find_related, RelatedRequest(**about))
+        full = evidence.model_copy(
+            update={
+                "related_code": related.related_code,
+                "similar_incidents": related.similar_incidents,
+            }
+        )
     to_diagnosing = time.perf_counter() - pipeline_started
-    full = evidence.model_copy(
-        update={
-            "related_code": related.related_code,
-            "similar_incidents": related.similar_incidents,
-        }
-    )
     baseline = Evidence(summary=evidence.summary, frames=evidence.frames)
+    with_calls = baseline.model_copy(update={"called_code": evidence.called_code})
     files, chunks = ranked_files(full, FILE_TOP), ranked_chunks(full, FUNCTION_TOP)
     # The answer key is read here, after the pipeline, and nowhere else.
     fix_files, fix_functions = case["fix_files"], case["fix_functions"]
@@ -230,6 +247,10 @@ def run_case(case: dict[str, Any], data: Path, work: Path, *, with_frames: bool 
         baseline_file_rank=rank_of(ranked_files(baseline, FILE_TOP), fix_files, str.__eq__),
         baseline_function_rank=rank_of(
             ranked_chunks(baseline, FUNCTION_TOP), fix_functions, same_function
+        ),
+        calls_file_rank=rank_of(ranked_files(with_calls, FILE_TOP), fix_files, str.__eq__),
+        calls_function_rank=rank_of(
+            ranked_chunks(with_calls, FUNCTION_TOP), fix_functions, same_function
         ),
         index=indexed,
         seconds=time.perf_counter() - started,
@@ -251,8 +272,9 @@ def _share(outcomes: Sequence[Outcome], attribute: str) -> str:
 
 def summary(outcomes: Sequence[Outcome]) -> list[str]:
     rows = [
-        f"{'kind':<10} {'cases':>5}  {'file@5 full':>14} {'file@5 frames':>14}  "
-        f"{'func@10 full':>14} {'func@10 frames':>14}"
+        f"{'kind':<10} {'cases':>5}  {'file@5 full':>14} {'file@5 frames':>14} "
+        f"{'file@5 +calls':>14}  {'func@10 full':>14} {'func@10 frames':>14} "
+        f"{'func@10 +calls':>14}"
     ]
     groups = [
         (kind, [o for o in outcomes if o.kind == kind]) for kind in ("exception", "assertion")
@@ -262,8 +284,9 @@ def summary(outcomes: Sequence[Outcome]) -> list[str]:
             continue
         rows.append(
             f"{kind:<10} {len(group):>5}  {_share(group, 'file_rank'):>14} "
-            f"{_share(group, 'baseline_file_rank'):>14}  {_share(group, 'function_rank'):>14} "
-            f"{_share(group, 'baseline_function_rank'):>14}"
+            f"{_share(group, 'baseline_file_rank'):>14} {_share(group, 'calls_file_rank'):>14}  "
+            f"{_share(group, 'function_rank'):>14} {_share(group, 'baseline_function_rank'):>14} "
+            f"{_share(group, 'calls_function_rank'):>14}"
         )
     return rows
 
@@ -288,11 +311,18 @@ def main() -> None:
         help="every case on a never-indexed store, its frames handed to index_repo as the "
         "workflow does (the focus index a service's first incident gets)",
     )
+    parser.add_argument(
+        "--no-index",
+        action="store_true",
+        help="leave the code index out: minutes instead of hours, the full evidence is then "
+        "the frames, their calls and the suspect commits",
+    )
     arguments = parser.parse_args()
     cases = load_cases(arguments.data, arguments.kind, [c for c in arguments.cases.split(",") if c])
     arguments.work.mkdir(parents=True, exist_ok=True)
     print(
         f"{'case':<18} {'kind':<9} {'file':>4} {'func':>4} | {'base file':>9} {'base func':>9} "
+        f"| {'+calls file':>11} {'+calls func':>11} "
         f"| {'chunks':>6} {'embedded':>8} {'index s':>7} {'to diag':>7} {'total s':>7}",
         flush=True,
     )
@@ -301,13 +331,21 @@ def main() -> None:
         work = arguments.work / "cold" / case["id"] if arguments.cold else arguments.work
         if arguments.cold:
             shutil.rmtree(work, ignore_errors=True)
-        outcome = run_case(case, arguments.data, work, with_frames=arguments.cold)
+        outcome = run_case(
+            case,
+            arguments.data,
+            work,
+            with_frames=arguments.cold,
+            with_index=not arguments.no_index,
+        )
+        indexed = outcome.index or IndexResult(repo="", commit="")
         outcomes.append(outcome)
         print(
             f"{outcome.case:<18} {outcome.kind:<9} {_mark(outcome.file_rank):>4} "
             f"{_mark(outcome.function_rank):>4} | {_mark(outcome.baseline_file_rank):>9} "
-            f"{_mark(outcome.baseline_function_rank):>9} | {outcome.index.chunks:>6} "
-            f"{outcome.index.embedded:>8} {outcome.index.seconds:>7.1f} "
+            f"{_mark(outcome.baseline_function_rank):>9} | {_mark(outcome.calls_file_rank):>11} "
+            f"{_mark(outcome.calls_function_rank):>11} | {indexed.chunks:>6} "
+            f"{indexed.embedded:>8} {indexed.seconds:>7.1f} "
             f"{outcome.to_diagnosing:>7.1f} {outcome.seconds:>7.1f}",
             flush=True,
         )
@@ -316,7 +354,7 @@ def main() -> None:
     if arguments.json:
         arguments.json.write_text(
             json.dumps(
-                [{**vars(o), "index": o.index.model_dump()} for o in outcomes],
+                [{**vars(o), "index": o.index and o.index.model_dump()} for o in outcomes],
                 indent=1,
             )
         )

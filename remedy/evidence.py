@@ -8,10 +8,12 @@ scores. The order:
 1. Located in-app stack frames, innermost first. The innermost frame of the service's own
    code is where the error surfaced, and in most real bugs the fix is there or one call up;
    the outer frames are the path that led there.
-2. Related code from the index, by score: where the stack says nothing useful (an assertion
+2. Code the frames call (remedy.calls), in the order they call it: a test fails on what the
+   code under test returned, a frame hands its work to a helper that is never on the stack.
+3. Related code from the index, by score: where the stack says nothing useful (an assertion
    in a test, an error raised by a library), retrieval on the error and the failing lines is
    the only pointer to the code under suspicion.
-3. Test code last, wherever it was found. A failing test is the messenger: it shows what
+4. Test code last, wherever it was found. A failing test is the messenger: it shows what
    broke, and the fix almost always lands in the code it exercises.
 
 Suspect commits name files but no lines; the prompts show them in a section of their own.
@@ -22,11 +24,12 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from remedy.models import Evidence, FrameEvidence, RelatedCode
+from remedy.models import CalledCode, Evidence, FrameEvidence, RelatedCode
 
 MAX_WINDOW_LINES = 80
 WINDOW_RADIUS = 12
 MAX_FRAME_WINDOWS = 6
+MAX_CALLED_WINDOWS = 3
 MAX_RELATED_WINDOWS = 3
 
 _TEST_DIRS = frozenset({"test", "tests", "testing", "__tests__", "spec", "specs"})
@@ -71,6 +74,12 @@ def _frame_window(frame: FrameEvidence, line: int) -> WindowSpec:
     )
 
 
+def _called_window(called: CalledCode) -> WindowSpec:
+    end = min(called.end_line, called.start_line + MAX_WINDOW_LINES - 1)
+    note = f"called from {called.caller}"
+    return WindowSpec(called.path, max(called.start_line, 1), end, note, called.symbol)
+
+
 def _related_window(related: RelatedCode) -> WindowSpec:
     end = min(related.end_line, related.start_line + MAX_WINDOW_LINES - 1)
     note = f"related (score {related.score:.2f})"
@@ -86,7 +95,12 @@ def ranked_windows(evidence: Evidence) -> list[WindowSpec]:
     ][:MAX_FRAME_WINDOWS]
     # sorted() is stable: equal scores keep the order find_related gave them.
     related = sorted(evidence.related_code, key=lambda code: (is_test_path(code.path), -code.score))
-    windows = [*frames, *(_related_window(code) for code in related[:MAX_RELATED_WINDOWS])]
+    called = [code for code in evidence.called_code if not is_test_path(code.path)]
+    windows = [
+        *frames,
+        *(_called_window(code) for code in called[:MAX_CALLED_WINDOWS]),
+        *(_related_window(code) for code in related[:MAX_RELATED_WINDOWS]),
+    ]
     return sorted(windows, key=lambda window: is_test_path(window.path))
 
 

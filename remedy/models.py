@@ -228,6 +228,16 @@ class RelatedCode(BaseModel):
     score: float
 
 
+class CalledCode(BaseModel):
+    """Project code a located frame calls (remedy.calls): evidence the stack does not show."""
+
+    path: str
+    symbol: str
+    start_line: int
+    end_line: int
+    caller: str = Field(description="path:line of the frame that calls it")
+
+
 class SimilarIncident(BaseModel):
     incident_id: str
     summary: str
@@ -243,6 +253,7 @@ class Evidence(BaseModel):
         "event's frames, which keep the traceback's innermost-last order",
     )
     suspect_commits: list[SuspectCommit] = Field(default_factory=list)
+    called_code: list[CalledCode] = Field(default_factory=list)
     related_code: list[RelatedCode] = Field(default_factory=list)
     similar_incidents: list[SimilarIncident] = Field(default_factory=list)
     related_from: str = Field(

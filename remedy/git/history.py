@@ -16,10 +16,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from remedy.calls import MAX_CALLEES, Callee, callees
+from remedy.evidence import is_test_path
 from remedy.git.diff import read_blob, tree_entries
 from remedy.git.runner import FULL_SHA, OnWait, git_text
 from remedy.models import (
     ArtifactRef,
+    CalledCode,
     Evidence,
     Frame,
     FrameEvidence,
@@ -319,6 +322,50 @@ class Investigation:
     findings: list[FrameFinding]
     unmatched: list[str]
     suspects: list[SuspectCommit]
+    called: list[Callee] = field(default_factory=list)
+
+
+def _follow_order(findings: Sequence[FrameFinding]) -> list[FrameFinding]:
+    """Frames whose calls to follow, most telling first: the service's own code innermost
+    first, then the test functions themselves, then other test code (assertion helpers)."""
+
+    def rank(finding: FrameFinding) -> int:
+        if not is_test_path(finding.path):
+            return 0
+        return 1 if (finding.frame.function or "").startswith("test") else 2
+
+    return sorted(findings, key=rank)
+
+
+def follow_calls(
+    repo: Path,
+    findings: Sequence[FrameFinding],
+    blobs: Mapping[str, str],
+    *,
+    on_wait: OnWait | None = None,
+) -> list[Callee]:
+    """The project code the located frames call (remedy.calls), each definition once."""
+    texts: dict[str, str | None] = {}
+
+    def read(path: str) -> str | None:
+        if path not in texts:
+            blob = blobs.get(path)
+            data = read_blob(repo, blob, on_wait=on_wait) if blob else None
+            texts[path] = data.decode("utf-8", errors="replace") if data is not None else None
+        return texts[path]
+
+    on_stack = {(f.path, f.frame.function) for f in findings}
+    found: dict[tuple[str, str], Callee] = {}
+    for finding in _follow_order(findings):
+        if not finding.frame.line or len(found) >= MAX_CALLEES:
+            continue
+        called = callees(
+            finding.path, finding.frame.line, blobs.keys(), read, function=finding.frame.function
+        )
+        for callee in called:
+            if (callee.path, callee.symbol.rsplit(".", 1)[-1]) not in on_stack:
+                found.setdefault((callee.path, callee.symbol), callee)
+    return list(found.values())[:MAX_CALLEES]
 
 
 def investigate(
@@ -342,7 +389,8 @@ def investigate(
             on_wait(f"investigating {finding.path}")
         _examine(repo, commit, finding, blobs[finding.path], commits, on_wait)
     suspects = _rank_suspects(repo, findings, commits, on_wait)
-    return Investigation(findings, unmatched, suspects)
+    called = follow_calls(repo, findings, blobs, on_wait=on_wait)
+    return Investigation(findings, unmatched, suspects, called)
 
 
 def evidence_record(request: InvestigateRequest, found: Investigation) -> dict[str, Any]:
@@ -367,6 +415,7 @@ def evidence_record(request: InvestigateRequest, found: Investigation) -> dict[s
         ],
         "unmatched_frames": found.unmatched,
         "suspect_commits": [s.model_dump() for s in found.suspects],
+        "called_code": [vars(callee) for callee in found.called],
     }
 
 
@@ -390,6 +439,7 @@ def evidence_of(request: InvestigateRequest, found: Investigation, ref: Artifact
         summary=_summary(request, found),
         frames=frames,
         suspect_commits=found.suspects,
+        called_code=[CalledCode(**vars(callee)) for callee in found.called],
         artifact=ref,
     )
 
