@@ -324,7 +324,7 @@ async def test_instructions_in_the_error_cannot_widen_the_scope(shop: Shop) -> N
     assert prompt.index(f"<<<END UNTRUSTED {tag}>>>") > start + len(injected)
 
 
-async def test_a_model_without_tool_support_is_asked_with_the_schema(shop: Shop) -> None:
+async def test_a_model_without_tool_support_is_asked_in_json_actions(shop: Shop) -> None:
     shop.ollama.script(
         ollama_fake.error(400, "registry.ollama.ai/library/qwen2.5-coder does not support tools"),
         ollama_fake.answer(good()),

@@ -117,7 +117,9 @@ class _Dialogue:
 
     def _note_protocol(self) -> None:
         protocol = "native tools" if self.native else "JSON actions"
-        self.session.note("protocol", backend=self.backend.name, protocol=protocol)
+        self.session.note(
+            "protocol", backend=self.backend.name, protocol=protocol, system=self.system
+        )
 
     def to_json_actions(self) -> None:
         """From now on, and for this backend's later conversations, actions are JSON answers."""
