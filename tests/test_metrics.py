@@ -5,6 +5,8 @@ both show Remedy's counters; [metrics] temporal_port serves the Temporal SDK's o
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +32,13 @@ from remedy.temporal import connect_options
 from starter.app import create_app
 from starter.reporter import TemporalReporter
 from tests.conftest import free_port
-from tests.workflow_harness import FakeActivities, eventually, fix_diagnosis
+from tests.workflow_harness import (
+    FakeActivities,
+    eventually,
+    fix_diagnosis,
+    make_start,
+    start_incident,
+)
 from worker import build_worker
 from workflows.incident import IncidentWorkflow
 
@@ -164,18 +172,50 @@ async def test_one_incident_shows_in_the_intake_and_worker_counters(
     assert delta(after, before, "remedy_index_chunks_embedded_total") == EMBEDDED
 
 
+DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "remedy.json"
+
+
+def dashboard_metrics(prefix: str) -> set[str]:
+    """The metric names the sample Grafana dashboard queries, by prefix."""
+    exprs = [
+        target["expr"]
+        for panel in json.loads(DASHBOARD.read_text())["panels"]
+        for target in panel["targets"]
+    ]
+    return {name for expr in exprs for name in re.findall(rf"\b{prefix}_[a-z_]+", expr)}
+
+
+def test_the_dashboard_queries_only_remedy_counters_that_exist() -> None:
+    queried = dashboard_metrics("remedy")
+    exposed = {family.name + "_total" for family in text_string_to_metric_families(
+        metrics.exposition().decode()
+    ) if family.type == "counter"}  # fmt: skip
+    assert queried and queried <= exposed, queried - exposed
+
+
 async def test_the_temporal_sdk_serves_its_metrics_on_temporal_port(client: Client) -> None:
+    """An incident through a worker on a client with [metrics] temporal_port: the SDK's
+    metrics the dashboard queries are served there."""
     config = RemedyConfig(metrics=MetricsConfig(temporal_port=free_port()))
     config.temporal.address = client.service_client.config.target_host
+    config.temporal.task_queue = f"sdk-metrics-{uuid.uuid4()}"
     options = connect_options(config)
     assert options["runtime"] is metrics.temporal_runtime(config.metrics), "one per process"
     own = await Client.connect(**options)
-    await own.count_workflows()
-    url = f"http://127.0.0.1:{config.metrics.temporal_port}/metrics"
-    async with httpx.AsyncClient(timeout=10) as scraper:
+    async with build_worker(own, config, activities=FakeActivities().all()):
+        handle = await start_incident(own, config.temporal.task_queue, make_start(notify_only=True))
+        assert (await asyncio.wait_for(handle.result(), 60)).phase == Phase.NOTIFIED
+        url = f"http://127.0.0.1:{config.metrics.temporal_port}/metrics"
+        wanted = dashboard_metrics("temporal")
+        assert len(wanted) == 3, wanted
+        async with httpx.AsyncClient(timeout=10) as scraper:
 
-        async def requests_counted() -> bool:
-            text = (await scraper.get(url)).text
-            return "temporal_request_total" in text
+            async def served() -> bool:
+                names_served = {
+                    sample.name
+                    for family in text_string_to_metric_families((await scraper.get(url)).text)
+                    for sample in family.samples
+                }
+                return wanted <= names_served
 
-        await eventually(requests_counted, timeout_s=30)
+            await eventually(served, timeout_s=30)
