@@ -44,6 +44,7 @@ Needs the `bench-llm` extra (llama-cpp-python) and the model file; the product n
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import json
 import logging
@@ -78,7 +79,6 @@ from bench.ollama_llama import OLLAMA_DEFAULT_NUM_CTX, SERVED_MODEL, LlamaModel,
 from remedy import names, policy
 from remedy.config import LLMConfig, RemedyConfig
 from remedy.evidence import ranked_chunks, ranked_files
-from remedy.index.chunking import chunk_file
 from remedy.intake import build_incident_start
 from remedy.models import Edit, Evidence, IncidentStatus, Phase
 from remedy.temporal import data_converter
@@ -136,21 +136,40 @@ def edit_lines(repo: Path, edit: Edit) -> tuple[int, int] | None:
     return first, first + edit.search.rstrip("\n").count("\n")
 
 
+def qualified_spans(source: str) -> dict[str, tuple[int, int]]:
+    """Each class and function of a Python source by its qualified name (`Cls.method`, as the
+    answer key's fix_functions name them), with its lines (decorators included)."""
+    spans: dict[str, tuple[int, int]] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                name = f"{prefix}{child.name}"
+                first = min([child.lineno, *(d.lineno for d in child.decorator_list)])
+                spans[name] = (first, child.end_lineno or child.lineno)
+                visit(child, f"{name}.")
+
+    try:
+        visit(ast.parse(source), "")
+    except SyntaxError:
+        return {}
+    return spans
+
+
 def fix_spans(repo: Path, case: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
-    """Per fix file, the buggy tree's line spans the real fix touched: its hunks and the
-    chunks (remedy.index.chunking, the product's chunker) of its fix functions."""
+    """Per fix file, the buggy tree's line spans the real fix touched: its hunks and its fix
+    functions."""
     spans: dict[str, list[tuple[int, int]]] = {}
     for hunk in case["fix_hunks"]:
         last = hunk["old_start"] + max(hunk["old_lines"], 1) - 1
         spans.setdefault(hunk["file"], []).append((hunk["old_start"], last))
-    for path in case["fix_files"]:
+    for fix in case["fix_functions"]:
+        path, _, qualified = fix.partition("::")
         source = repo / path
-        if not source.is_file():
-            continue
-        for chunk in chunk_file(path, source.read_text(errors="replace")):
-            named = f"{chunk.path}::{chunk.symbol}" if chunk.symbol else ""
-            if named and any(same_function(named, fix) for fix in case["fix_functions"]):
-                spans.setdefault(path, []).append((chunk.start_line, chunk.end_line))
+        if source.is_file() and path.endswith(".py"):
+            span = qualified_spans(source.read_text(errors="replace")).get(qualified)
+            if span:
+                spans.setdefault(path, []).append(span)
     return spans
 
 

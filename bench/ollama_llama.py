@@ -65,6 +65,12 @@ OLLAMA_DEFAULTS: dict[str, Any] = {
 }
 TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 END_MARKERS = ("<|im_end|>", "<|endoftext|>")
+CLIENT_CHECK_S = 1.0
+PROMPT_SLICE = 128  # prompt tokens evaluated between checks that the client is still there
+
+
+class ClientLeft(Exception):
+    """The request's client disconnected (a timeout, a terminated incident): stop working."""
 
 
 @dataclass
@@ -233,19 +239,28 @@ class LlamaModel:
                 log.warning("prompt over num_ctx %d: dropped the %d oldest messages",
                             self.n_ctx, dropped)  # fmt: skip
             grammar = self._grammar(body.get("format"))
-            # What llama.cpp keeps of the previous prompt: it re-evaluates at least one token.
+            # The KV cache keeps the longest common prefix with the previous prompt; the rest
+            # is evaluated in slices, so a client that leaves stops it (as Ollama stops), and
+            # generate() then finds all but the last token cached and evaluates that one.
             cached = self.llm.input_ids[: self.llm.n_tokens].tolist()
             reused = 0
             for had, wanted in zip(cached, tokens[:-1], strict=False):
                 if had != wanted:
                     break
                 reused += 1
+            log.info("chat started: prompt %d tokens, %d reused, %d to evaluate",
+                     len(tokens), reused, len(tokens) - reused)  # fmt: skip
+            began = time.perf_counter()
+            self.llm.n_tokens = reused
+            for at in range(reused, len(tokens) - 1, PROMPT_SLICE):
+                if cancelled.is_set():
+                    raise ClientLeft(f"client left after {at - reused} prompt tokens")
+                self.llm.eval(tokens[at : min(at + PROMPT_SLICE, len(tokens) - 1)])
             limit = self.n_ctx - len(tokens)
             if int(options["num_predict"]) >= 0:
                 limit = min(limit, int(options["num_predict"]))
             if "seed" in options:
                 self.llm.set_seed(int(options["seed"]))
-            began = time.perf_counter()
             first_token_at: float | None = None
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             pieces: list[str] = []
@@ -421,12 +436,21 @@ class OllamaLlama(LoopbackServer):
             if stream and not buffer:
                 response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
                 await response.prepare(request)
-            while (piece := await pieces.get()) is not None:
+            while True:
+                try:
+                    piece = await asyncio.wait_for(pieces.get(), CLIENT_CHECK_S)
+                except TimeoutError:
+                    piece = ""
                 if request.transport is None or request.transport.is_closing():
-                    cancelled.set()  # the client left (a terminated incident): stop generating
-                if response is not None:
+                    cancelled.set()  # the client left: stop evaluating and generating
+                if piece is None:
+                    break
+                if piece and response is not None:
                     await response.write(self._line(model, {"role": "assistant", "content": piece}))
             text, stats = await work
+        except ClientLeft as left:
+            log.info("chat abandoned: %s", left)
+            return response if response is not None else web.Response(status=499)
         except (ConnectionResetError, asyncio.CancelledError):
             cancelled.set()
             raise
