@@ -75,9 +75,9 @@ class OllamaBackend:
         self._client = ollama.AsyncClient(host=self.host, timeout=llm.request_timeout_s)
         self._num_ctx = llm.ollama_num_ctx
         self.context_chars: int | None = llm.ollama_context_chars()
-        # Learned: a model without tool support answers 400 when offered tools, and a small
-        # one may answer in text instead of calling them (remedy.llm.agent sets it).
-        self.native_tools = True
+        # Also learned: a model without tool support answers 400 when offered tools, and a
+        # small one may answer in text instead of calling them (remedy.llm.agent sets it).
+        self.native_tools = llm.ollama_native_tools
 
     async def unavailable_reason(self) -> str | None:
         try:

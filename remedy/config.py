@@ -252,6 +252,12 @@ class LLMConfig(_Section):
         "Ollama uses its own smaller default and silently drops the start of a long "
         "conversation. The Ollama prompt budget and conversation size derive from it",
     )
+    ollama_native_tools: bool = Field(
+        default=True,
+        description="Offer Ollama's model the tools as function calls; a model that answers in "
+        "text instead is moved to JSON actions on its first conversation. false: JSON actions "
+        "from the first turn, for models known not to call tools",
+    )
     max_tool_result_chars: int = Field(default=8_000, ge=500)
     cache: bool = Field(
         default=True, description="Answer identical prompts from the artifact store"

@@ -840,11 +840,15 @@ async def test_an_answer_citing_code_never_read_is_sent_back_to_read_it(shop: Sh
 
 
 async def test_an_answer_that_still_cites_unread_code_is_judged_the_second_time(shop: Shop) -> None:
-    shop.ollama.script(NO_TOOLS, ollama_fake.answer(good()), ollama_fake.answer(good()))
+    shop.ollama.script(ollama_fake.answer(good()), ollama_fake.answer(good()))
     request = shop.request(evidence=Evidence(summary="total() raised KeyError: 'qty'"))
-    result = await diagnose(shop.activities(shop.config()), request)
+    config = shop.config(ollama_native_tools=False)
+    result = await diagnose(shop.activities(config), request)
 
-    assert result.diagnosis is not None and len(shop.ollama.chats) == 3
+    assert result.diagnosis is not None and len(shop.ollama.chats) == 2
+    # Configured for JSON actions: no turn offered the tools as function calls.
+    assert all(chat["format"] == ACTIONS.parameters for chat in shop.ollama.chats)
+    assert not any(chat.get("tools") for chat in shop.ollama.chats)
 
 
 async def test_ollama_gets_num_ctx_and_a_full_window_demands_the_answer(shop: Shop) -> None:
