@@ -944,3 +944,24 @@ async def test_empty_edits_at_first_are_an_honest_no_fix(shop: Shop) -> None:
 
     assert result.diagnosis is not None and result.diagnosis.edits == []
     assert result.attempts[0].outcome == "accepted"
+
+
+async def test_claude_is_sent_back_to_read_what_it_cites_through_its_answer_tool(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
+    shop.claude.script(
+        claude_fake.answer(good()),
+        claude_fake.tool_use("read_file", path="app/cart.py"),
+        claude_fake.answer(good()),
+    )
+    request = shop.request(evidence=Evidence(summary="total() raised KeyError: 'qty'"))
+    result = await diagnose(shop.activities(shop.config("claude")), request)
+
+    assert result.diagnosis is not None and result.backend == "claude"
+    first, second, third = shop.claude.requests
+    (bounced,) = last_message(second)["content"]
+    assert bounced["type"] == "tool_result" and bounced["is_error"] is True
+    assert bounced["content"].startswith("Your answer cites app/cart.py")
+    assert first["system"] == second["system"] == third["system"]
+    assert first["tools"] == second["tools"] == third["tools"]
