@@ -6,10 +6,12 @@ one (`build_incident_start`). The incident runs in the real IncidentWorkflow on 
 dev server (the binary tests/conftest.py uses), with the worker the product runs
 (`worker.build_worker`: every real activity), the local forge, no Slack, no GitHub and no
 verification command (the projects' own test environments are not installed here, so
-verification is `skipped`). The model is Qwen2.5-Coder-1.5B-Instruct Q4_K_M (bench/llm_model.py)
-in llama.cpp behind bench/ollama_llama.py, which the product's `ollama` client reaches as
-`[llm] mode = "local"`. A case stops when the incident reaches `awaiting_approval` or an end
-phase, or when its time budget is spent; the run is then terminated.
+verification is `skipped`); `[llm] request_timeout_s` is raised for one CPU thread
+(`--request-timeout-s`), everything else is the product's default configuration. The model
+is Qwen2.5-Coder-1.5B-Instruct Q4_K_M (bench/llm_model.py) in llama.cpp behind
+bench/ollama_llama.py, which the product's `ollama` client reaches as `[llm] mode = "local"`.
+A case stops when the incident reaches `awaiting_approval` or an end phase, or when its time
+budget is spent; the run is then terminated.
 
 One deviation, said here: a never-indexed repository's first incident starts IndexWorkflow
 to fill in the rest of the index after the focus index. On these 2 cores a full index takes
@@ -221,10 +223,16 @@ def score(
 # ---------------------------------------------------------------------------- one case
 
 
-def bench_config(work: Path, services: dict[str, Path], llm_url: str) -> RemedyConfig:
+def bench_config(
+    work: Path, services: dict[str, Path], llm_url: str, request_timeout_s: float
+) -> RemedyConfig:
     config = config_for(work, services)
     config.llm = LLMConfig(
-        mode="local", ollama_host=llm_url, ollama_model=SERVED_MODEL, fallback=False
+        mode="local",
+        ollama_host=llm_url,
+        ollama_model=SERVED_MODEL,
+        fallback=False,
+        request_timeout_s=request_timeout_s,
     )
     for service in config.services.values():
         service.llm = "local"
@@ -408,7 +416,7 @@ async def run_cases(
     bench_commit = git(BENCH, "rev-parse", "HEAD")
     services = {service_name(c["project"]): work / "projects" / service_name(c["project"])
                 for c in todo}  # fmt: skip
-    config = bench_config(work, services, server.url)
+    config = bench_config(work, services, server.url, arguments.request_timeout_s)
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(TEMPORAL),
         search_attributes=names.SEARCH_ATTRIBUTES,
@@ -469,6 +477,13 @@ def main() -> None:
         type=int,
         default=OLLAMA_DEFAULT_NUM_CTX,
         help="the context of a request that sets no num_ctx (Ollama's default)",
+    )
+    parser.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=1200.0,
+        help="[llm] request_timeout_s: one thread evaluates a first prompt of the default "
+        "context budget (about 6,500 tokens) in 4-6 minutes here, past the 300 s default",
     )
     parser.add_argument(
         "--data", type=Path, default=REALBUGS, help=f"the realbugs folder (default {REALBUGS})"
