@@ -34,8 +34,8 @@ with everything and with the stack frames only.
 Cases: `--cases ID,ID`, or by default 12 exception cases chosen by a fixed rule: in
 bench/localize.py's order (project, then id), the first exception case of each project,
 then the second of each, and so on until 12. Results are appended to `--results` (JSON
-lines) as each case ends; a rerun skips the cases already there, and the table covers
-every case in the file.
+lines) as each case ends; a rerun skips the cases already there (except those cut by the
+time budget, which run again), and the table shows the latest result of each chosen case.
 
     nice .venv/bin/python bench/diagnose.py [--cases ID,ID] [--budget-s 600] [--total-budget-s S]
         [--results bench/out/diagnose/results.jsonl] [--model PATH]
@@ -103,6 +103,7 @@ STOP_PHASES = {
     Phase.FAILED,
 }
 POLL_S = 2.0
+MIN_CASE_S = 180.0  # no case starts with less of the total budget left: it could not finish
 TEMPORAL = Path(sys.executable).parent / "temporal"
 BENCH = Path(__file__).resolve().parent
 
@@ -322,10 +323,16 @@ async def run_case(
 # ---------------------------------------------------------------------------- the run
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """The latest result of each case in the file (a rerun appends a case cut by its budget)."""
     if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return {}
+    latest: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            result = json.loads(line)
+            latest[result["case"]] = result
+    return latest
 
 
 def _yes(value: bool) -> str:
@@ -394,7 +401,8 @@ async def run(arguments: argparse.Namespace) -> None:
         cases = load_cases(arguments.data, None, only)
     else:
         cases = default_cases(everything, DEFAULT_CASES)
-    done = {r["case"] for r in read_results(arguments.results)}
+    # A case cut by the time budget runs again; every other result stands.
+    done = {case for case, r in read_results(arguments.results).items() if not r["out_of_time"]}
     todo = [c for c in cases if c["id"] not in done]
     print(f"cases: {', '.join(c['id'] for c in cases)} ({len(todo)} to run)", flush=True)
     if todo:
@@ -405,8 +413,7 @@ async def run(arguments: argparse.Namespace) -> None:
         with OllamaLlama(LlamaModel(model, default_num_ctx=arguments.default_num_ctx)) as server:
             await run_cases(todo, arguments, server)
     results = read_results(arguments.results)
-    ids = [c["id"] for c in cases]
-    print("\n".join(table([r for r in results if r["case"] in ids])))
+    print("\n".join(table([results[c["id"]] for c in cases if c["id"] in results])))
 
 
 async def run_cases(
@@ -428,7 +435,7 @@ async def run_cases(
         async with build_worker(env.client, config):
             for case in todo:
                 left = arguments.total_budget_s - (time.perf_counter() - started)
-                if left <= 0:
+                if left < MIN_CASE_S:
                     print(f"total budget spent: {case['id']} and later not run", flush=True)
                     break
                 repo, commit = await asyncio.to_thread(
