@@ -188,7 +188,9 @@ class DiagnosisActivities:
         windows = await session.tools.code_windows(request.evidence)
         # Earlier tries come last, so the prompt's head stays what a local server has cached.
         repair = failed_attempts_section(request.failed_attempts)
-        prompt = diagnosis_prompt(request, windows, max_chars=llm.max_prompt_chars - len(repair))
+        prompt = diagnosis_prompt(
+            request, windows, max_chars=llm.prompt_chars(plan.backends) - len(repair)
+        )
         if repair:
             prompt = f"{prompt}\n{repair}\n"
         self._store.put_text(
@@ -255,7 +257,7 @@ class DiagnosisActivities:
                     rate_limited=True, abstained_reason=str(exc), attempts=attempts
                 )
             if isinstance(outcome, Rejected):
-                record(outcome.outcome, outcome.detail)
+                record("abstained" if outcome.abstained else outcome.outcome, outcome.detail)
                 rejected.append(f"{name} {backend.model}: {outcome.detail}")
                 if not plan.escalate:
                     break
@@ -313,7 +315,7 @@ class DiagnosisActivities:
         session = Session(self._config, self._store, tools, token_budget=budget, progress=heartbeat)
         llm = self._config.llm
         windows = await tools.code_windows(request.evidence)
-        prompt = regression_test_prompt(request, windows, max_chars=llm.max_prompt_chars)
+        prompt = regression_test_prompt(request, windows, max_chars=llm.prompt_chars(tuple(order)))
         self._store.put_text(
             f"{folder}/regression/prompt.md", f"{REGRESSION_SYSTEM_PROMPT}\n---\n{prompt}"
         )

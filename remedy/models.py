@@ -624,7 +624,14 @@ class LLMUsage(BaseModel):
 
 
 AttemptOutcome = Literal[
-    "accepted", "low_confidence", "invalid", "malformed", "unavailable", "rate_limited", "token_cap"
+    "accepted",
+    "low_confidence",
+    "invalid",
+    "malformed",
+    "abstained",
+    "unavailable",
+    "rate_limited",
+    "token_cap",
 ]
 
 

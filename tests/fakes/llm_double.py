@@ -1,15 +1,17 @@
 """The instant LLM double: a loopback Ollama that answers every chat at once.
 
-Diagnosis requests (their `format` schema asks for `root_cause`) get the scripted diagnosis;
-regression-test requests get the scripted test. Used where the model is not what is under
+Diagnosis requests (their answer tool or `format` schema asks for `root_cause`) get the
+scripted diagnosis, regression-test requests the scripted test, each in the protocol the
+request speaks. Used where the model is not what is under
 test: the demo's approval path and the end-to-end benchmark.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from tests.fakes.ollama_server import OllamaReply, OllamaServer, answer
+from tests.fakes.ollama_server import OllamaReply, OllamaServer, answer, tool_call
 
 DEMO_DIAGNOSIS: dict[str, Any] = {
     "summary": "checkout crashes on discount codes the shop does not know",
@@ -41,8 +43,17 @@ def instant_llm(
     regression_test: dict[str, Any] = DEMO_REGRESSION_TEST,
 ) -> OllamaServer:
     def respond(body: dict[str, Any]) -> OllamaReply:
-        schema = body.get("format")
-        properties = schema.get("properties", {}) if isinstance(schema, dict) else {}
-        return answer(diagnosis if "root_cause" in properties else regression_test)
+        # Answer the way the request asks: through the answer tool when tools are offered
+        # (a model that calls tools natively), as an action in the JSON action protocol, or
+        # as the bare answer schema on a forced answer turn.
+        shape = json.dumps([body.get("format"), body.get("tools")])
+        wanted = diagnosis if "root_cause" in shape else regression_test
+        tool = "submit_diagnosis" if wanted is diagnosis else "submit_regression_test"
+        offered = [t.get("function", {}).get("name") for t in body.get("tools") or []]
+        if tool in offered:
+            return tool_call(tool, **wanted)
+        if '"action"' in json.dumps(body.get("format")):
+            return answer({"action": tool, "arguments": wanted})
+        return answer(wanted)
 
     return OllamaServer(responder=respond)
