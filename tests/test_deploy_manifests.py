@@ -74,7 +74,9 @@ def test_the_dockerfile_builds_from_what_the_context_holds_and_runs_unprivileged
         assert source in allowed, f"Dockerfile copies {source}, which .dockerignore leaves out"
     assert len(re.findall(r"^FROM ", dockerfile, re.M)) >= 2, "not a multi-stage build"
     assert re.search(r"^USER 10001", dockerfile, re.M), "the image must not run as root"
-    assert "download.pytorch.org/whl/cpu" in dockerfile, "torch must be the CPU build"
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in dockerfile, (
+        "torch must be the CPU build"
+    )
     python_image = re.search(r"^ARG PYTHON_IMAGE=(\S+)", dockerfile, re.M)
     assert python_image and PINNED_TAG.match(python_image[1]), "pin the Python base image"
     makefile_torch = re.search(r"torch==([\d.]+)", (ROOT / "Makefile").read_text())
