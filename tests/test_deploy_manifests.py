@@ -1,15 +1,19 @@
 """deploy/ as shipped: the Dockerfile, the compose stack and the Kubernetes base are checked
 offline, the Kubernetes resources with kubernetes-validate's schemas (shipped in its wheel),
-the compose file for every file, variable and image it names, and each remedy.toml they
-carry loads as Remedy loads it."""
+the compose file with the Compose Specification's schema (vendored by check-jsonschema) and
+for every file, variable and image it names, and each remedy.toml they carry loads as
+Remedy loads it."""
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -92,6 +96,21 @@ def test_the_dockerfile_builds_from_what_the_context_holds_and_runs_unprivileged
 def compose() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load((COMPOSE_DIR / "compose.yaml").read_text())
     return loaded
+
+
+def _compose_validator() -> jsonschema.protocols.Validator:
+    vendored = files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    schema = json.loads(vendored.read_text())
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def test_the_compose_file_follows_the_compose_specification(compose: dict[str, Any]) -> None:
+    errors = [f"{e.json_path}: {e.message}" for e in _compose_validator().iter_errors(compose)]
+    assert not errors, "\n".join(errors)
+    misspelt = {**compose, "services": {**compose["services"], "qdrant": {
+        **compose["services"]["qdrant"], "healthcheck": {"tests": ["CMD", "true"]}
+    }}}  # fmt: skip
+    assert list(_compose_validator().iter_errors(misspelt)), "the schema checks nothing"
 
 
 def test_every_compose_image_is_pinned_and_every_remedy_service_is_the_built_image(
