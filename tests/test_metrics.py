@@ -42,9 +42,12 @@ from tests.workflow_harness import (
 from worker import build_worker
 from workflows.incident import IncidentWorkflow
 
+# A service of its own: incidents are per (service, fingerprint) in the session's
+# namespace, so no other test's open or recently closed "shop" incident is joined.
+SERVICE = "metrics-shop"
 TOKEN = "metrics-shop-token-0123456789"
 EVENT = {
-    "service": "shop",
+    "service": SERVICE,
     "release": "0" * 40,
     "error": {"type": "KeyError", "message": "'sku'"},
     "frames": [{"file": "app/cart.py", "line": 2, "function": "total"}],
@@ -102,7 +105,7 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RemedyConfig:
     config = RemedyConfig(
         home=str(tmp_path / "home"),
         services={
-            "shop": ServiceConfig(
+            SERVICE: ServiceConfig(
                 repo=str(tmp_path / "shop"),
                 intake_token_env="METRICS_SHOP_TOKEN",
                 approvers=["U024BE7LH"],

@@ -27,13 +27,16 @@ from workflows.incident import IncidentWorkflow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "SCALE_OUT_SHOP_TOKEN"
+# A service of its own: incidents are per (service, fingerprint) in the session's
+# namespace, so no other test's open or recently closed "shop" incident is joined.
+SERVICE = "scale-out-shop"
 TOKEN = "scale-out-shop-token-0123456789"
 REPORTS_PER_REPLICA = 150
 IN_FLIGHT_PER_REPLICA = 16
 # Four Python processes start cold; on a busy 2-core machine that alone can take a minute.
 STARTUP_S = 180.0
 EVENT = {
-    "service": "shop",
+    "service": SERVICE,
     "error": {"type": "KeyError", "message": "'sku'"},
     "traceback": "Traceback (most recent call last):\n"
     '  File "/srv/shop/app/cart.py", line 2, in total\n'
@@ -43,7 +46,7 @@ EVENT = {
 
 
 def _config(tmp_path: Path, temporal_address: str) -> Path:
-    repo = make_service_repo(tmp_path, service="shop")
+    repo = make_service_repo(tmp_path, service=SERVICE)
     repo.commit(
         {"app/__init__.py": "", "app/cart.py": "def total(order):\n    return order['sku']\n"},
         "Add cart",
@@ -58,7 +61,7 @@ def _config(tmp_path: Path, temporal_address: str) -> Path:
         f'index_task_queue = "{queue}-index"\n'
         "[limits]\nquiet_window_s = 3600\n"
         '[llm]\nmode = "none"\n'
-        f'[services.shop]\nrepo = "{repo.origin}"\nintake_token_env = "{TOKEN_ENV}"\n'
+        f'[services.{SERVICE}]\nrepo = "{repo.origin}"\nintake_token_env = "{TOKEN_ENV}"\n'
         'approvers = ["U1"]\n'
     )
     return path

@@ -29,12 +29,15 @@ from tests.workflow_harness import FakeActivities, eventually
 from worker import build_worker
 from workflows.incident import IncidentWorkflow
 
+# A service of its own: incidents are per (service, fingerprint) in the session's
+# namespace, so no other test's open or recently closed "shop" incident is joined.
+SERVICE = "tracing-shop"
 TOKEN = "tracing-shop-token-0123456789"
 # An instrumented service's own trace: the incident continues it.
 SERVICE_TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 TRACEPARENT = f"00-{SERVICE_TRACE_ID:032x}-00f067aa0ba902b7-01"
 EVENT = {
-    "service": "shop",
+    "service": SERVICE,
     "release": "0" * 40,
     "error": {"type": "KeyError", "message": "'sku'"},
     "frames": [{"file": "app/cart.py", "line": 2, "function": "total"}],
@@ -63,7 +66,7 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client: Client) -> R
     config = RemedyConfig(
         home=str(tmp_path / "home"),
         services={
-            "shop": ServiceConfig(
+            SERVICE: ServiceConfig(
                 repo=str(tmp_path / "shop"),
                 intake_token_env="TRACING_SHOP_TOKEN",
                 approvers=["U024BE7LH"],
