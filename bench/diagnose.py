@@ -25,8 +25,10 @@ Scored per case, and only after the run (the answer key `fix_*` is never passed 
 pipeline): a fix file named (the diagnosis' evidence and edit paths meet `fix_files`); a fix
 function edited (an edit's lines overlap a fix hunk or a fix function of the buggy tree);
 the patch applied; the scope respected (`remedy.policy.scope_violations`); abstained (no
-diagnosis or no edits); the phase reached; fix attempts recorded; model turns, tool calls,
-tokens (prompt tokens reused from the cache vs evaluated), wall time. The baseline is the
+diagnosis or no edits); the phase reached; fix attempts recorded; model turns (chats the
+server answered); tool calls (the product's record, JSON actions included; in parentheses
+the native `<tool_call>` blocks the server parsed); tokens (prompt tokens reused from the
+cache vs evaluated, and generated); wall time. The baseline is the
 evidence alone, without a model, scored as bench/localize.py scores it: a fix file in the
 first 5 files of the prompt's evidence order, a fix function in the first 10 functions,
 with everything and with the stack frames only.
@@ -345,7 +347,7 @@ def _rank(rank: int | None) -> str:
 
 COLUMNS = (
     "| case | phase | fix file named | fix function edited | patch applied | scope ok "
-    "| abstained | attempts | turns | tool calls | tokens (reused / evaluated / out) "
+    "| abstained | attempts | turns | tool calls (native) | tokens (reused / evaluated / out) "
     "| wall s | evidence file@5 / func@10 | frames file@5 / func@10 |"
 )
 
@@ -358,7 +360,7 @@ def table(results: Sequence[dict[str, Any]]) -> list[str]:
             f"| {_yes(r['fix_file_named'])} | {_yes(r['fix_function_edited'])} "
             f"| {_yes(r['patch_applied'])} | {_yes(r['scope_respected'])} "
             f"| {_yes(r['abstained'])} | {r['fix_attempts'] + (1 if r['attempt'] else 0)} "
-            f"| {r['turns']} | {r['tool_calls']} "
+            f"| {r['turns']} | {len(r['recorded_tool_calls'])} ({r['tool_calls']}) "
             f"| {r['prompt_tokens']:,} ({r['reused_tokens']:,} / {r['evaluated_tokens']:,} / "
             f"{r['output_tokens']:,}) | {r['wall_s']:.0f} "
             f"| {_rank(r['evidence_file_rank'])} / {_rank(r['evidence_function_rank'])} "
@@ -382,7 +384,9 @@ def table(results: Sequence[dict[str, Any]]) -> list[str]:
         f"| {count('fix_file_named')} | {count('fix_function_edited')} "
         f"| {count('patch_applied')} | {count('scope_respected')} | {count('abstained')} "
         f"| {sum(r['fix_attempts'] + (1 if r['attempt'] else 0) for r in results)} "
-        f"| {sum(r['turns'] for r in results)} | {sum(r['tool_calls'] for r in results)} "
+        f"| {sum(r['turns'] for r in results)} "
+        f"| {sum(len(r['recorded_tool_calls']) for r in results)} "
+        f"({sum(r['tool_calls'] for r in results)}) "
         f"| {sum(r['prompt_tokens'] for r in results):,} "
         f"({sum(r['reused_tokens'] for r in results):,} / "
         f"{sum(r['evaluated_tokens'] for r in results):,} / "
