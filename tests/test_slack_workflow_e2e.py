@@ -176,7 +176,9 @@ async def test_an_approve_click_in_slack_opens_a_draft_pull_request_on_github(
     assert fixed is not None and FIXED_LINE in fixed
     for expected in (
         "commit 'Apply discounts' indexes order['discount'] unconditionally",
-        "Confidence: 90% (scripted). Diagnosis: 1,834 tokens, estimated cost $0.0042.",
+        # Verification was skipped (no test_command): the checks cap the model's 90 %.
+        "Confidence from checks: 40%; the model (scripted) said 90%. Diagnosis: 1,834 tokens, "
+        "estimated cost $0.0042.",
         f"Approved by {APPROVER}",
         final.ui_url,
     ):

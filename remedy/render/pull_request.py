@@ -106,17 +106,18 @@ def pull_request_body(incident: IncidentStatus, diff: str) -> str:
     if result and diagnosis:
         cause = diagnosis.root_cause.strip() or diagnosis.summary.strip()
         out += ["", "## Root cause", "", "As the model wrote it:", "", _prose(cause)]
+        model = f"the model ({result.backend})" if result.backend else "the model"
         confidence = (
-            f"Confidence from checks: {incident.assurance.confidence:.0%} "
-            f"(the model said {diagnosis.confidence:.0%})"
+            f"Confidence from checks: {incident.assurance.confidence:.0%}; "
+            f"{model} said {diagnosis.confidence:.0%}"
             if incident.assurance is not None
             else f"Confidence: {diagnosis.confidence:.0%}"
+            + (f" ({result.backend})" if result.backend else "")
         )
         if result.backend:
             # What the model spent on this fix: reviewers see the running cost of Remedy.
             confidence += (
-                f" ({result.backend}). Diagnosis: {result.tokens:,} tokens, "
-                f"estimated cost ${result.cost_usd:.4f}"
+                f". Diagnosis: {result.tokens:,} tokens, estimated cost ${result.cost_usd:.4f}"
             )
         out.append(f"\n{confidence}.")
         if incident.llm_tokens > result.tokens:
