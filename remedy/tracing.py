@@ -38,6 +38,13 @@ def install_tracer_provider() -> None:
         trace.set_tracer_provider(provider)
 
 
+def flush_spans(timeout_s: float = 5.0) -> None:
+    """Export what the batch processor still holds: a process about to exit loses it otherwise."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.force_flush(timeout_millis=int(timeout_s * 1000))
+
+
 def client_interceptors(config: TracingConfig) -> list[TracingInterceptor]:
     """What `Client.connect` gets as `interceptors`: Temporal's tracing one, when enabled."""
     if not config.enabled:

@@ -355,6 +355,9 @@ def main() -> None:
         if isinstance(exit_.code, str):
             print(exit_.code, file=sys.stderr)
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    if (tracing := sys.modules.get("remedy.tracing")) is not None:
+        # Only a process that traced has spans to send; the others skip importing the SDK.
+        tracing.flush_spans()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         # A closed pipe (`remedy ... | head`): nobody is left to read it.

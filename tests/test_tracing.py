@@ -15,7 +15,7 @@ import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
@@ -23,6 +23,7 @@ from temporalio.contrib.opentelemetry import TracingInterceptor
 from remedy.config import RemedyConfig, ServiceConfig
 from remedy.models import Phase
 from remedy.temporal import connect_options
+from remedy.tracing import flush_spans
 from starter.app import create_app
 from starter.reporter import TemporalReporter
 from tests.workflow_harness import FakeActivities, eventually
@@ -137,3 +138,22 @@ async def test_one_incident_is_one_trace_from_intake_to_activities(
     assert request.attributes is not None
     assert request.attributes["http.response.status_code"] == 202
     assert request.attributes["http.route"] == "/v1/errors"
+
+
+def test_spans_still_batched_are_exported_before_the_process_exits(
+    spans: InMemorySpanExporter,
+) -> None:
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    batched = InMemorySpanExporter()
+    # The product's own processor: spans wait in a batch for seconds before they are sent.
+    processor = BatchSpanProcessor(batched, schedule_delay_millis=60_000)
+    provider.add_span_processor(processor)
+    try:
+        with trace.get_tracer(__name__).start_as_current_span("last words"):
+            pass
+        assert not batched.get_finished_spans()
+        flush_spans()
+        assert [span.name for span in batched.get_finished_spans()] == ["last words"]
+    finally:
+        processor.shutdown()
