@@ -10,7 +10,6 @@ approval with attempt 2 of 3 recorded, the first try kept, and the fix marked ve
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ from remedy.render.slack import render_message
 from tests.fakes.ollama_server import OllamaReply, OllamaServer, answer
 from tests.repos import ALICE, ServiceRepo, make_service_repo
 from tests.test_sandbox import needs_sandbox
+from tests.test_spine_e2e import crash
 from tests.workflow_harness import APPROVER, until_phase
 from worker import build_worker
 from workflows.incident import IncidentWorkflow
@@ -125,17 +125,6 @@ def config(service_repo: ServiceRepo, tmp_path: Path, ollama: OllamaServer) -> R
     config.llm.ollama_host = ollama.url
     config.limits.quiet_window_s = 0
     return config
-
-
-def crash(repo: ServiceRepo) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", "from app.cart import total; total({'price': 2, 'qty': 3})"],
-        cwd=repo.work,
-        capture_output=True,
-        text=True,
-    )
-    assert "KeyError" in done.stderr
-    return done.stderr
 
 
 async def test_a_fix_that_fails_verification_is_repaired_on_the_second_try(
