@@ -409,7 +409,7 @@ async def run(arguments: argparse.Namespace) -> None:
     done = {case for case, r in read_results(arguments.results).items() if not r["out_of_time"]}
     todo = [c for c in cases if c["id"] not in done]
     print(f"cases: {', '.join(c['id'] for c in cases)} ({len(todo)} to run)", flush=True)
-    if todo:
+    if todo and not arguments.report:
         for secret in ("ANTHROPIC_API_KEY", "SLACK_BOT_TOKEN", "GITHUB_TOKEN"):
             os.environ.pop(secret, None)  # no case may reach a cloud model, Slack or GitHub
         arguments.results.parent.mkdir(parents=True, exist_ok=True)
@@ -480,6 +480,9 @@ def main() -> None:
         type=Path,
         default=Path(__file__).resolve().parent / "out" / "diagnose" / "results.jsonl",
         help="JSON lines, one per finished case; cases already there are skipped",
+    )
+    parser.add_argument(
+        "--report", action="store_true", help="only print the table of the results file"
     )
     parser.add_argument("--model", type=Path, help="the GGUF file (default: bench/llm_model.py's)")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_CACHE, help="the model cache")
