@@ -67,6 +67,24 @@ class TemporalConfig(_Section):
     dev_ui_port: int = 8233
     dev_db: str = "temporal.sqlite"
 
+    @field_validator("profile")
+    @classmethod
+    def _profile_exists(cls, profile: str | None) -> str | None:
+        # Every process connects through it: a missing one is a config error at start-up,
+        # not a traceback at the first Temporal call.
+        if profile is None:
+            return None
+        from temporalio.envconfig import ClientConfig
+
+        try:
+            ClientConfig.load_client_connect_config(profile=profile)
+        except RuntimeError as exc:  # the SDK's envconfig ConfigError
+            raise ValueError(
+                f"{exc} (profiles are read from TEMPORAL_CONFIG_FILE, else "
+                "~/.config/temporalio/temporal.toml)"
+            ) from None
+        return profile
+
 
 class IntakeConfig(_Section):
     host: str = "127.0.0.1"

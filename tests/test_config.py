@@ -112,3 +112,16 @@ def test_values_given_in_code_override_the_environment(monkeypatch: pytest.Monke
     monkeypatch.setenv("REMEDY_INTAKE__PORT", "8081")
     assert RemedyConfig().intake.port == 8081
     assert RemedyConfig(intake=IntakeConfig(port=9000)).intake.port == 9000
+
+
+def test_a_temporal_profile_that_does_not_exist_is_a_config_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEMPORAL_CONFIG_FILE", str(tmp_path / "temporal.toml"))
+    (tmp_path / "temporal.toml").write_text('[profile.prod]\naddress = "temporal:7233"\n')
+    path = tmp_path / "remedy.toml"
+    path.write_text('[temporal]\nprofile = "staging"\n')
+    with pytest.raises(ConfigError, match=r"temporal\.profile: .*'staging' not found"):
+        load_config(path)
+    path.write_text('[temporal]\nprofile = "prod"\n')
+    assert load_config(path).temporal.profile == "prod"
