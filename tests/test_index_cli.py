@@ -174,9 +174,9 @@ async def test_search_and_index_through_the_running_index_worker(
         assert FALLBACK not in err and "model library loaded: False" in err, err
         indexed = json.loads(out)
         assert indexed["chunks"] > 20 and indexed["embedded"] == indexed["chunks"]
-        # Stages come from the worker's heartbeats, read every 0.5 s: a stage shorter than
-        # that (scanning a small repository) may pass unseen; embedding 20+ chunks does not.
-        assert "embedding" in err, err
+        # Which stage lines show depends on how long each stage lasted against the 0.5 s
+        # poll (on a quiet machine the whole index takes less), so none is required here;
+        # test_index_progress_moves_per_model_batch checks the progress itself.
 
         code, out, err = await _remedy(
             "search", "self", question, "--json", "--config", str(config_path)
