@@ -36,6 +36,9 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+STOP_GRACE_S = 2.0
+
+
 class LoopbackServer:
     def __init__(self) -> None:
         self.port = 0
@@ -72,7 +75,9 @@ class LoopbackServer:
         self._release = asyncio.Event()
         app = web.Application()
         self.routes(app)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        # A test's server stops in seconds: a client still sending at teardown (a background
+        # sender thread) must not hold aiohttp's graceful shutdown for its default 60 s.
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=STOP_GRACE_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
