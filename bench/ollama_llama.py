@@ -21,7 +21,7 @@ so llama.cpp reuses the KV cache of the longest common prefix with the previous 
 every request logs how many prompt tokens it reused and how many it evaluated, and
 `requests` keeps those figures for the caller.
 
-    .venv/bin/python bench/ollama_llama.py --model /work/llm-cache/<model>.gguf [--port 11434]
+    .venv/bin/python bench/ollama_llama.py --model bench/out/llm-cache/<model>.gguf [--port 11434]
 
 Needs the `bench-llm` extra (llama-cpp-python); the product, its tests and CI never do.
 """
