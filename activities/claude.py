@@ -126,6 +126,12 @@ class ClaudeBackend:
                 message = await stream.get_final_message()
         except anthropic.APIStatusError as exc:
             raise self._classify(exc, client) from None
+        except anthropic.APITimeoutError:
+            raise BackendUnavailable(
+                CLAUDE,
+                f"Claude at {self._llm.anthropic_base_url} did not answer within "
+                f"[llm] request_timeout_s = {self._llm.request_timeout_s:g} s",
+            ) from None
         except anthropic.APIConnectionError as exc:
             raise BackendUnavailable(
                 CLAUDE, f"Claude at {self._llm.anthropic_base_url} unreachable ({exc.message})"

@@ -74,6 +74,11 @@ class OllamaBackend:
         self.host = llm.ollama_host.rstrip("/")
         self._client = ollama.AsyncClient(host=self.host, timeout=llm.request_timeout_s)
         self._num_ctx = llm.ollama_num_ctx
+        self._timeout_reason = (
+            f"Ollama at {self.host} did not answer within [llm] request_timeout_s = "
+            f"{llm.request_timeout_s:g} s (a model on a CPU may need longer, or a smaller "
+            "ollama_num_ctx)"
+        )
         self.context_chars: int | None = llm.ollama_context_chars()
         # Also learned: a model without tool support answers 400 when offered tools, and a
         # small one may answer in text instead of calling them (remedy.llm.agent sets it).
@@ -119,6 +124,8 @@ class OllamaBackend:
                 self.native_tools = False
                 raise ToolsUnsupported(OLLAMA, f"{self.model} takes no tools") from None
             raise self._classify(exc) from None
+        except httpx.TimeoutException:
+            raise BackendUnavailable(OLLAMA, self._timeout_reason) from None
         except (ConnectionError, httpx.TransportError) as exc:
             raise BackendUnavailable(
                 OLLAMA, f"Ollama at {self.host} unreachable ({type(exc).__name__})"

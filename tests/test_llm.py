@@ -26,7 +26,7 @@ from remedy.llm import repo_tools
 from remedy.llm.agent import action_schema
 from remedy.llm.answers import DIAGNOSIS_SCHEMA, SUBMIT_DIAGNOSIS
 from remedy.llm.conversation import ToolCall
-from remedy.llm.prompts import ACTION_NOW, ANSWER_NOW
+from remedy.llm.prompts import ACTION_NOW, ALREADY_SHOWN, ANSWER_NOW, NOTHING_NEW
 from remedy.llm.repo_tools import REPO_TOOLS, RepoTools
 from remedy.llm.routing import Mode
 from remedy.models import (
@@ -122,11 +122,12 @@ class Shop:
     def config(self, mode: Mode = "local", *, fallback: bool = False, **llm: Any) -> RemedyConfig:
         limits = llm.pop("limits", {})
         ollama_host = llm.pop("ollama_host", self.ollama.url)
+        claude_url = llm.pop("anthropic_base_url", self.claude.url)
         return RemedyConfig(
             home=str(self.tmp / "home"),
             llm=LLMConfig(
                 ollama_host=ollama_host,
-                anthropic_base_url=self.claude.url,
+                anthropic_base_url=claude_url,
                 anthropic_model=CLAUDE_MODEL,
                 prices={CLAUDE_MODEL: ModelPrice(input_per_mtok=3, output_per_mtok=15)},
                 fallback=fallback,
@@ -639,7 +640,7 @@ async def test_a_git_timeout_comes_back_to_the_model_as_the_tool_result(
 async def test_tool_iterations_are_capped(shop: Shop) -> None:
     shop.ollama.script(
         ollama_fake.tool_call("git_log"),
-        ollama_fake.tool_call("git_log"),
+        ollama_fake.tool_call("grep", pattern="qty"),
         ollama_fake.answer(good()),
     )
     result = await diagnose(shop.activities(shop.config(max_tool_iterations=2)), shop.request())
@@ -965,3 +966,108 @@ async def test_claude_is_sent_back_to_read_what_it_cites_through_its_answer_tool
     assert bounced["content"].startswith("Your answer cites app/cart.py")
     assert first["system"] == second["system"] == third["system"]
     assert first["tools"] == second["tools"] == third["tools"]
+
+
+async def test_edits_written_before_the_whole_answer_are_recalled_when_it_drops_them(
+    shop: Shop,
+) -> None:
+    # A small model's first reply: prose with its fix in a fenced list, not an answer.
+    prose = f"The qty key is optional. Fix:\n```json\n{json.dumps([FIX.model_dump()])}\n```"
+    shop.ollama.script(
+        ollama_fake.text(prose),
+        ollama_fake.answer(actions(edits=[])),
+        ollama_fake.answer(actions()),
+    )
+    result = await diagnose(shop.activities(shop.config()), shop.request())
+
+    assert result.diagnosis is not None and result.diagnosis.edits == [FIX]
+    recalled = last_message(shop.ollama.chats[2])["content"]
+    assert recalled.startswith("An earlier reply of yours proposed edits to app/cart.py")
+    assert result.attempts[0].outcome == "accepted"
+    assert result.artifact is not None
+    events = shop.store.get_json(result.artifact)["events"]
+    assert [e["paths"] for e in events if e["kind"] == "dropped_edits"] == [["app/cart.py"]]
+
+
+async def test_written_edits_are_recalled_once_then_an_empty_answer_stands(shop: Shop) -> None:
+    prose = f"Maybe this:\n{json.dumps(FIX.model_dump())}"
+    shop.ollama.script(
+        ollama_fake.text(prose),
+        ollama_fake.answer(actions(edits=[])),
+        ollama_fake.answer(actions(edits=[])),
+    )
+    result = await diagnose(shop.activities(shop.config()), shop.request())
+
+    assert result.diagnosis is not None and result.diagnosis.edits == []
+    assert len(shop.ollama.chats) == 3 and result.attempts[0].outcome == "accepted"
+
+
+async def test_a_repeated_tool_call_is_not_run_again_and_demands_the_answer(shop: Shop) -> None:
+    shop.ollama.script(
+        ollama_fake.tool_call("read_file", path="app/cart.py"),
+        ollama_fake.tool_call("read_file", path="app/cart.py"),
+        ollama_fake.answer(good()),
+    )
+    result = await diagnose(shop.activities(shop.config()), shop.request())
+
+    assert result.diagnosis is not None and result.diagnosis.edits == [FIX]
+    assert [(c.name, c.ok) for c in result.tool_calls] == [
+        ("read_file", True),
+        ("read_file", False),
+    ]
+    first, second, third = shop.ollama.chats
+    assert "def total(items)" in last_message(second)["content"]
+    tool_reply, note = third["messages"][-2:]
+    assert tool_reply["role"] == "tool" and ALREADY_SHOWN in tool_reply["content"]
+    assert "def total(items)" not in tool_reply["content"]
+    assert note == {"role": "user", "content": f"{NOTHING_NEW} {ANSWER_NOW}"}
+    # The answer is demanded in the same prompt prefix: same tools, the schema as format.
+    assert third["format"] == DIAGNOSIS_SCHEMA and third["tools"] == first["tools"]
+
+
+async def test_a_failed_tool_call_may_be_repeated(shop: Shop) -> None:
+    shop.ollama.script(
+        ollama_fake.tool_call("read_file", path="app/nothing.py"),
+        ollama_fake.tool_call("read_file", path="app/nothing.py"),
+        ollama_fake.answer(good()),
+    )
+    result = await diagnose(shop.activities(shop.config()), shop.request())
+
+    assert result.diagnosis is not None
+    assert "format" not in shop.ollama.chats[2]  # not forced: nothing had been answered
+    assert ALREADY_SHOWN not in last_message(shop.ollama.chats[2])["content"]
+
+
+async def test_an_ollama_that_answers_too_slowly_is_named_as_slow_not_unreachable(
+    shop: Shop,
+) -> None:
+    with OllamaServer() as slow:
+        slow.fail("chat", "hold")
+        config = shop.config(ollama_host=slow.url, request_timeout_s=0.5)
+        result = await diagnose(shop.activities(config), shop.request())
+        slow.release()
+
+    assert result.diagnosis is None
+    (attempt,) = result.attempts
+    assert attempt.outcome == "unavailable"
+    assert attempt.detail == (
+        f"Ollama at {slow.url} did not answer within [llm] request_timeout_s = 0.5 s "
+        "(a model on a CPU may need longer, or a smaller ollama_num_ctx)"
+    )
+
+
+async def test_a_claude_that_answers_too_slowly_is_named_as_slow(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
+    with AnthropicServer() as slow:
+        slow.fail("messages", "hold")
+        config = shop.config("claude", anthropic_base_url=slow.url, request_timeout_s=0.5)
+        result = await diagnose(shop.activities(config), shop.request())
+        slow.release()
+
+    (attempt,) = result.attempts
+    assert (attempt.backend, attempt.outcome) == ("claude", "unavailable")
+    assert attempt.detail == (
+        f"Claude at {slow.url} did not answer within [llm] request_timeout_s = 0.5 s"
+    )

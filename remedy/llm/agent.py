@@ -10,8 +10,11 @@ object `{"action": <a tool or the answer tool>, "arguments": {...}}` that the ba
 structured output enforces; the loop runs the tool and shows the result in the next user
 message. Either way the system prompt and the tools stay the same from the first turn to the
 forced answer, so a local server reuses its cache of the prompt's prefix; an answer citing a
-file the conversation never showed is sent back once to read it first; and an empty edit
-list after a rejection is an abstention, not an answer.
+file the conversation never showed is sent back once to read it first; a call the
+conversation already answered is not run again, and a turn of nothing but repeats demands
+the answer; edits written in a reply that was not a whole answer are recalled once if the
+answer then drops them; and an empty edit list after a rejection is an abstention, not an
+answer.
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from remedy.llm.answers import MalformedAnswer, cited_paths, parse_json_object, proposes_nothing
+from remedy.llm.answers import (
+    MalformedAnswer,
+    cited_paths,
+    parse_json_object,
+    proposes_nothing,
+    written_edits,
+)
 from remedy.llm.conversation import (
     ChatBackend,
     ChatMessage,
@@ -34,8 +43,10 @@ from remedy.llm.conversation import (
 from remedy.llm.prompts import (
     ACTION_NOW,
     ANSWER_NOW,
+    NOTHING_NEW,
     CodeWindow,
     code_section,
+    dropped_edits_feedback,
     json_action_rules,
     native_tool_rules,
     read_first_feedback,
@@ -43,6 +54,7 @@ from remedy.llm.prompts import (
 )
 from remedy.llm.repo_tools import REPO_TOOLS, read_path
 from remedy.llm.session import Session
+from remedy.models import Edit
 
 T = TypeVar("T")
 Answer = str | Mapping[str, Any]
@@ -108,6 +120,7 @@ class _Dialogue:
         self.messages = [ChatMessage(role="user", text=prompt)]
         self.native_calls = 0
         self.native = backend.native_tools
+        self._answered: set[str] = set()  # tool calls whose results the model has been shown
         self._note_protocol()
 
     @property
@@ -200,7 +213,22 @@ class _Dialogue:
         said = turn.text or (json.dumps(turn.tool_calls[0].arguments) if turn.tool_calls else "")
         return ChatMessage(role="assistant", text=said)
 
-    def add_results(self, turn: Turn, results: Sequence[ToolResult]) -> None:
+    @staticmethod
+    def _call_key(call: ToolCall) -> str:
+        return json.dumps([call.name, call.arguments], sort_keys=True, default=str)
+
+    def repeats(self, calls: Sequence[ToolCall]) -> set[str]:
+        """Ids of the calls this conversation already answered: a small model may ask for the
+        same file on every turn, and each copy would grow the prompt by the whole file."""
+        return {call.id for call in calls if self._call_key(call) in self._answered}
+
+    def add_results(
+        self, turn: Turn, calls: Sequence[ToolCall], results: Sequence[ToolResult]
+    ) -> None:
+        # A call that failed may be worth repeating (a timeout); one that answered is not.
+        self._answered |= {
+            self._call_key(c) for c, r in zip(calls, results, strict=True) if not r.is_error
+        }
         if self.native:
             reply = ChatMessage(role="tool", tool_results=list(results))
         else:
@@ -268,6 +296,8 @@ async def converse(
     asked_to_read: set[str] = set()
     iterations = 0
     rejections: list[str] = []
+    written: list[Edit] = []  # edits written in replies that were not whole answers
+    reminded = False
     outcome = Rejected("malformed", "no answer")
     kind: Literal["invalid", "malformed"]
     for attempt in range(1, max_attempts + 1):
@@ -279,12 +309,17 @@ async def converse(
             step = dialogue.step(turn, force)
             if step.calls and not force:
                 iterations += 1
-                results = await session.run_tools(step.calls)
+                repeated = dialogue.repeats(step.calls)
+                results = await session.run_tools(step.calls, repeated=repeated)
                 seen |= {
                     p for c, r in zip(step.calls, results, strict=True) if (p := read_path(c, r))
                 }
-                dialogue.add_results(turn, results)
-                if iterations >= max_iterations:
+                dialogue.add_results(turn, step.calls, results)
+                if all(call.id in repeated for call in step.calls):
+                    session.note("repeated_calls", backend=backend.name, attempt=attempt)
+                    dialogue.add_note(f"{NOTHING_NEW} {ANSWER_NOW}")
+                    force = True
+                elif iterations >= max_iterations:
                     dialogue.add_note(f"Tool budget spent. {ANSWER_NOW}")
                 elif dialogue.full():
                     dialogue.add_note(f"Context budget spent. {ANSWER_NOW}")
@@ -293,6 +328,8 @@ async def converse(
             try:
                 value = parse(raw)
             except MalformedAnswer as exc:
+                for source in (raw, turn.text):
+                    written += [e for e in written_edits(source) if e not in written]
                 if force:
                     problems, kind = [str(exc)], "malformed"
                     break
@@ -301,6 +338,14 @@ async def converse(
                 # otherwise the next turn demands the answer.
                 dialogue.add_feedback(turn, f"{exc}. {ACTION_NOW if switched else ANSWER_NOW}")
                 force = not switched
+                continue
+            if written and not reminded and abstains(value):
+                # The fix it wrote before the full shape was asked for must not be lost.
+                reminded = True
+                iterations += 1
+                paths = sorted({edit.path for edit in written})
+                session.note("dropped_edits", backend=backend.name, attempt=attempt, paths=paths)
+                dialogue.add_feedback(turn, dropped_edits_feedback(paths))
                 continue
             if rejections and abstains(value):
                 detail = (

@@ -97,23 +97,15 @@ _DECODER = json.JSONDecoder()
 MAX_OBJECT_STARTS = 64  # a reply of nested braces must not cost a decode per character
 
 
-def parse_json_object(raw: str | Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON object in a reply: the reply itself, inside a ``` fence, or between prose.
+def _objects_in(text: str) -> tuple[list[tuple[int, dict[str, Any]]], json.JSONDecodeError | None]:
+    """Every JSON object in a reply, with its length, and the first decode error met.
 
     Every `{` is tried as the start of a JSON value (json's own raw_decode, so braces in
-    strings and fences around the object need no pattern); among the objects found the
-    longest is the answer, since prose around it holds at most small ones.
+    strings and fences around the object need no pattern); an object found is skipped whole.
     """
-    if isinstance(raw, Mapping):
-        return dict(raw)
-    text = raw.strip()
-    if not text:
-        raise MalformedAnswer("the answer is empty; expected one JSON object")
     found: list[tuple[int, dict[str, Any]]] = []
     first_error: json.JSONDecodeError | None = None
     position, starts = text.find("{"), 0
-    if position < 0:
-        raise MalformedAnswer("the answer holds no JSON object; expected exactly one")
     while position >= 0 and starts < MAX_OBJECT_STARTS:
         starts += 1
         try:
@@ -127,6 +119,21 @@ def parse_json_object(raw: str | Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict):
             found.append((end - position, value))
         position = text.find("{", end)
+    return found, first_error
+
+
+def parse_json_object(raw: str | Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON object in a reply: the reply itself, inside a ``` fence, or between prose.
+
+    Among the objects found the longest is the answer, since prose around it holds at most
+    small ones.
+    """
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    text = raw.strip()
+    if not text:
+        raise MalformedAnswer("the answer is empty; expected one JSON object")
+    found, first_error = _objects_in(text)
     if not found:
         if first_error is None:
             raise MalformedAnswer("the answer holds no JSON object; expected exactly one")
@@ -134,6 +141,34 @@ def parse_json_object(raw: str | Mapping[str, Any]) -> dict[str, Any]:
             f"the answer is not valid JSON: {first_error.msg} at character {first_error.pos}"
         )
     return max(found, key=lambda item: item[0])[1]
+
+
+_EDIT_KEYS = frozenset(Edit.model_fields)
+
+
+def written_edits(raw: str | Mapping[str, Any]) -> list[Edit]:
+    """The well-formed edits anywhere in a reply that is not a whole answer.
+
+    A small model may write its fix in prose or in a partial object, then, asked for the
+    whole shape, answer with an empty edit list: what it wrote is kept to remind it.
+    """
+    nodes: list[Any] = (
+        [dict(raw)] if isinstance(raw, Mapping) else [o for _, o in _objects_in(raw)[0]]
+    )
+    edits: list[Edit] = []
+    while nodes:
+        node = nodes.pop(0)
+        if isinstance(node, dict):
+            if node.keys() >= _EDIT_KEYS:
+                with contextlib.suppress(ValidationError):
+                    edit = Edit.model_validate({key: node[key] for key in _EDIT_KEYS})
+                    if edit not in edits:
+                        edits.append(edit)
+                continue
+            nodes.extend(node.values())
+        elif isinstance(node, list):
+            nodes.extend(node)
+    return edits
 
 
 def _describe(error: ValidationError) -> str:

@@ -293,3 +293,19 @@ def rejection_feedback(problems: Sequence[str]) -> str:
         "Fix these problems (read the files again if needed; copy each search text exactly, "
         "with enough context that it occurs once) and answer again in the same shape."
     )
+
+
+def dropped_edits_feedback(paths: Sequence[str]) -> str:
+    listed = ", ".join(paths)
+    return (
+        f"An earlier reply of yours proposed edits to {listed}, but this answer has no edits. "
+        "If those edits fix the root cause, answer again with them in `edits`, each search "
+        "text copied exactly from the file; if they do not, answer again with empty `edits`."
+    )
+
+
+ALREADY_SHOWN = (
+    "not run again: this exact call was answered earlier in this conversation and its result "
+    "above still holds; use it, ask for something else, or answer"
+)
+NOTHING_NEW = "Every call of that turn repeated an earlier one, so there is nothing new to read."

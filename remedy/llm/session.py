@@ -13,14 +13,14 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
 from remedy.llm.conversation import ChatBackend, ChatMessage, ToolCall, ToolResult, ToolSpec, Turn
 from remedy.llm.pricing import estimate_cost
-from remedy.llm.prompts import clip
+from remedy.llm.prompts import ALREADY_SHOWN, clip
 from remedy.llm.repo_tools import RepoTools
 from remedy.models import ArtifactRef, LLMUsage, ToolCallSummary
 from remedy.redact import redact_text
@@ -183,14 +183,20 @@ class Session:
             )
         return turn
 
-    async def run_tools(self, calls: Sequence[ToolCall]) -> list[ToolResult]:
+    async def run_tools(
+        self, calls: Sequence[ToolCall], *, repeated: Collection[str] = ()
+    ) -> list[ToolResult]:
+        """Run a turn's calls; `repeated`: ids of calls the conversation already answered,
+        which get a reminder instead of the same result again."""
         results = []
         for number, call in enumerate(calls):
-            if number >= MAX_CALLS_PER_TURN:
+            if number >= MAX_CALLS_PER_TURN or call.id in repeated:
                 result = ToolResult(
                     call_id=call.id,
                     name=call.name,
-                    content=f"not run: at most {MAX_CALLS_PER_TURN} tool calls per turn",
+                    content=ALREADY_SHOWN
+                    if call.id in repeated
+                    else f"not run: at most {MAX_CALLS_PER_TURN} tool calls per turn",
                     is_error=True,
                 )
             else:
