@@ -27,8 +27,6 @@ from temporalio.service import RPCError
 
 from remedy.codec import EncryptionCodec, keys_from_environment
 from remedy.config import CodecConfig, RemedyConfig, secret
-from remedy.metrics import temporal_runtime
-from remedy.tracing import client_interceptors
 
 
 def payload_codec(codec: CodecConfig) -> EncryptionCodec | None:
@@ -63,12 +61,16 @@ def connect_options(config: RemedyConfig) -> dict[str, Any]:
     # Only what a profile or TEMPORAL_* variable actually sets overrides remedy.toml.
     loaded = ClientConfig.load_client_connect_config(profile=config.temporal.profile)
     options.update({key: value for key, value in loaded.items() if value})
-    interceptors = client_interceptors(config.tracing)  # [tracing]: one trace per incident
-    if interceptors:
-        options["interceptors"] = interceptors
-    runtime = temporal_runtime(config.metrics)  # [metrics] temporal_port: the SDK's metrics
-    if runtime is not None:
-        options["runtime"] = runtime
+    # The OpenTelemetry SDK and Prometheus load only where they are enabled: every CLI
+    # command connects through here, and a person waits for its start.
+    if config.tracing.enabled:  # [tracing]: one trace per incident
+        from remedy.tracing import client_interceptors
+
+        options["interceptors"] = client_interceptors(config.tracing)
+    if config.metrics.temporal_port is not None:  # the SDK's metrics
+        from remedy.metrics import temporal_runtime
+
+        options["runtime"] = temporal_runtime(config.metrics)
     api_key = secret(config.temporal.api_key_env)
     if api_key:
         options["api_key"] = api_key

@@ -328,7 +328,7 @@ def demo(
 
 
 def _register_plugins() -> None:
-    from starter.codec_server import register as register_codec_server
+    from starter.codec_server_cli import register as register_codec_server
     from starter.index_cli import register as register_index
     from starter.watch_cli import register as register_watch
 

@@ -21,9 +21,8 @@ import ipaddress
 import json
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -35,8 +34,6 @@ from temporalio.api.common.v1 import Payload, Payloads
 
 from remedy.codec import CodecDecodeError, EncryptionCodec
 from remedy.config import RemedyConfig, secret
-from remedy.temporal import payload_codec
-from starter.cli_common import DEFAULT_CONFIG, ConfigOption, fail, load_or_exit
 from starter.request_body import BodyRefused, read_capped_body
 
 log = logging.getLogger(__name__)
@@ -206,37 +203,3 @@ def server_settings(config: RemedyConfig, host: str | None) -> tuple[str, str | 
             f"loopback only, not {listen!r}: set it to a bearer token to listen there"
         )
     return listen, token
-
-
-def register(app: typer.Typer) -> None:
-    @app.command("codec-server")
-    def codec_server(
-        config: ConfigOption = DEFAULT_CONFIG,
-        host: Annotated[str | None, typer.Option(help="Overrides [codec] server_host")] = None,
-        port: Annotated[int | None, typer.Option(help="Overrides [codec] server_port")] = None,
-    ) -> None:
-        """Serve Temporal's remote codec endpoint (/encode, /decode) for the UI and CLI."""
-        import uvicorn
-
-        loaded = load_or_exit(config)
-        try:
-            listen, token = server_settings(loaded, host)
-        except ValueError as exc:
-            raise fail(str(exc), 2) from None
-        codec = payload_codec(loaded.codec)
-        assert codec is not None  # enabled, checked above
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        details: dict[str, Any] = {
-            "origins": cors_origins(loaded),
-            "token": "required" if token else "none (loopback only)",
-            "encrypts_with": codec.key_id,
-        }
-        log.info("codec server for namespace %r: %s", loaded.temporal.namespace, details)
-        uvicorn.run(
-            create_codec_app(loaded, codec, token),
-            host=listen,
-            port=port or loaded.codec.server_port,
-            log_level="info",
-        )

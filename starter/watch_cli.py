@@ -1,4 +1,8 @@
-"""`remedy watch`: the command around starter.watch.Watcher."""
+"""`remedy watch`: the command around starter.watch.Watcher.
+
+The watcher (httpx, tenacity, the log formats) loads when the command runs, not when any
+`remedy` command starts.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,7 @@ from typing import Annotated
 
 import typer
 
-from remedy.watch.tail import WatchError
 from starter.cli_common import DEFAULT_CONFIG, ConfigOption, fail, load_or_exit
-from starter.watch import Watcher
 
 OnceOption = Annotated[
     bool,
@@ -27,6 +29,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def watch(config: ConfigOption = DEFAULT_CONFIG, once: OnceOption = False) -> None:
         """Tail the log files in each service's log_paths and report their errors."""
+        from remedy.watch.tail import WatchError
+        from starter.watch import Watcher
+
         loaded = load_or_exit(config)
         if not logging.getLogger().handlers:
             logging.basicConfig(
