@@ -63,6 +63,7 @@ def build_activities(config: RemedyConfig, store: ArtifactStore) -> list[Callabl
         people.index_on_request,
         diagnosis.diagnose,
         diagnosis.write_regression_test,
+        sandbox.run_suite_before,
         sandbox.verify_patch,
         git.sync_repo,
         git.investigate,

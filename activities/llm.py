@@ -52,7 +52,7 @@ from remedy.llm.prompts import (
 )
 from remedy.llm.repair import failed_attempts_section
 from remedy.llm.repo_tools import RepoTools, SearchCode
-from remedy.llm.routing import Mode, RoutePlan, in_app_files, plan_route
+from remedy.llm.routing import RoutePlan, in_app_files, plan_route
 from remedy.llm.session import Session, TokenCapReached
 from remedy.models import (
     AttemptOutcome,
@@ -97,13 +97,9 @@ class DiagnosisActivities:
             "claude": ClaudeBackend(config.llm),
         }
 
-    def _mode(self, service: str) -> Mode:
-        configured = self._config.services.get(service)
-        return configured.llm if configured and configured.llm else self._config.llm.mode
-
     def _plan(self, service: str, severity: Severity, evidence_files: int) -> RoutePlan:
         return plan_route(
-            self._mode(service),
+            self._config.llm_mode(service),
             severity=severity,
             in_app_files=evidence_files,
             llm=self._config.llm,

@@ -46,7 +46,15 @@ from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
 from remedy.git.diff import edited_tree
 from remedy.git.runner import GitError, run_git_async
-from remedy.models import ArtifactRef, CommandRun, VerificationResult, VerifyRequest
+from remedy.models import (
+    ArtifactRef,
+    CommandRun,
+    SuiteBeforeRequest,
+    SuiteBeforeResult,
+    VerificationResult,
+    VerifyRequest,
+    Worktree,
+)
 from remedy.patching import EditRefused, repo_path
 from remedy.sandbox.bwrap import command_prefixes, exposed, python_prefixes, read_only_paths
 from remedy.sandbox.cache import RunCache, RunInputs, RunRecord, environment_of
@@ -111,6 +119,22 @@ async def _git(*args: str | Path) -> tuple[int, str]:
     """(exit code, output and errors) of a git command on the scratch clone."""
     result = await run_git_async(args, timeout=GIT_TIMEOUT_S, check=False, on_wait=heartbeat)
     return result.returncode, "\n".join(filter(None, [result.text, result.stderr.strip()]))
+
+
+async def _scratch_clone(worktree: Worktree, scratch: _Scratch) -> str:
+    """Clone the worktree's repository into the scratch folder with the commit in its index
+    and nothing checked out; the commit's tree id. Raises _NoCopy saying what failed."""
+    code, out = await _git(
+        "clone", "--quiet", "--shared", "--no-checkout", worktree.path, scratch.repo
+    )
+    # Only the index: every run's copy is exported from it, none is checked out here.
+    if code == 0:
+        code, out = await _git("-C", scratch.repo, "read-tree", worktree.commit)
+    if code == 0:
+        code, out = await _git("-C", scratch.repo, "write-tree")
+    if code != 0:
+        raise _NoCopy(f"could not copy the worktree at {worktree.commit[:12]}: {out[-500:]}")
+    return out.strip()
 
 
 async def export_copy(repo: Path, copy: Path) -> str | None:
@@ -193,6 +217,49 @@ class SandboxActivities:
             file_bytes=limits.test_max_file_mb * MB,
             processes=settings.max_processes,
             tmpfs_bytes=settings.tmpfs_mb * MB,
+        )
+
+    @activity.defn(name=names.ACTIVITY_RUN_SUITE_BEFORE)
+    async def run_suite_before(self, request: SuiteBeforeRequest) -> SuiteBeforeResult:
+        """The service's suite at the incident's commit, started while the incident is still
+        investigated and diagnosed: verify_patch then finds this "before" run finished, or
+        waits for it on this worker, instead of starting it (remedy.sandbox.cache). Never
+        fails the incident: anything in the way is a skip."""
+        try:
+            incident = names.safe_id(request.incident_id, "incident id")
+        except ValueError as exc:
+            raise ApplicationError(str(exc), type="BadRequest", non_retryable=True) from None
+        service = self._config.services.get(request.worktree.service)
+        if service is None or not service.test_command:
+            return SuiteBeforeResult(status="skipped", detail="no test_command")
+        if self._config.llm_mode(request.worktree.service) == "none":
+            return SuiteBeforeResult(status="skipped", detail="no diagnosis, so no verification")
+        confinement, reason = await self.confinement()
+        if not isinstance(confinement, Bubblewrap) or not self._config.sandbox.reuse_runs:
+            # Only sandboxed runs are kept (remedy.sandbox.cache): this one would be wasted.
+            return SuiteBeforeResult(
+                status="skipped", detail=reason or "[sandbox] reuse_runs is off"
+            )
+        scratch = _Scratch(self._config.home_dir / "sandbox", f"{incident}-before")
+        try:
+            tree = await _scratch_clone(request.worktree, scratch)
+            environment = environment_of(confinement, self._limits())
+            launched = await self._launch(
+                "before",
+                RunInputs(tree, service.test_command, environment),
+                scratch,
+                confinement,
+                commit=request.worktree.commit,
+                reuse=True,
+            )
+            record, ran_now = launched if isinstance(launched, tuple) else await launched
+        except _NoCopy as exc:
+            return SuiteBeforeResult(status="skipped", detail=str(exc))
+        finally:
+            await asyncio.to_thread(shutil.rmtree, scratch.root, True)
+        return SuiteBeforeResult(
+            status="ran" if ran_now else "reused",
+            detail=f"exit {record.exit_code} in {record.duration_s:.1f} s",
         )
 
     @activity.defn(name=names.ACTIVITY_VERIFY_PATCH)
@@ -282,19 +349,10 @@ class SandboxActivities:
         `self._slots`), each in a copy exported before the scratch clone moves on."""
         worktree = request.worktree
         short = worktree.commit[:12]
-        code, out = await _git(
-            "clone", "--quiet", "--shared", "--no-checkout", worktree.path, scratch.repo
-        )
-        # Only the index: every run's copy is exported from it, none is checked out here.
-        if code == 0:
-            code, out = await _git("-C", scratch.repo, "read-tree", worktree.commit)
-        if code == 0:
-            code, out = await _git("-C", scratch.repo, "write-tree")
-        if code != 0:
-            return VerificationResult(
-                status="error", summary=f"could not copy the worktree at {short}: {out[-500:]}"
-            )
-        base_tree = out.strip()
+        try:
+            base_tree = await _scratch_clone(worktree, scratch)
+        except _NoCopy as exc:
+            return VerificationResult(status="error", summary=str(exc))
         test = request.regression_test
         test_path = repo_path(test.path) if test else None
         test_text = self._store.get_bytes(test.content) if test else b""
@@ -308,17 +366,19 @@ class SandboxActivities:
         async def start(label: str, tree: str, with_test: bool) -> None:
             line = f"{command} {shlex.quote(test_path)}" if with_test and test_path else command
             inputs = RunInputs(tree, line, environment, written if with_test else None)
-            key = inputs.key() if reuse else None
-            if key and (hit := self._cache.get(key)) is not None:
-                finished[label] = (hit, False)
-                return
-            copy = scratch.runs / label
-            if problem := await export_copy(scratch.repo, copy):
-                raise _NoCopy(f"could not copy the worktree at {short}: {problem}")
-            if with_test and test_path:
-                _write_inside(copy, test_path, test_text)
-            run = _Run(label, line, copy, worktree.commit)
-            running[label] = asyncio.create_task(self._run_once(run, key, scratch, confinement))
+            launched = await self._launch(
+                label,
+                inputs,
+                scratch,
+                confinement,
+                commit=worktree.commit,
+                reuse=reuse,
+                test=(test_path, test_text) if with_test and test_path else None,
+            )
+            if isinstance(launched, asyncio.Task):
+                running[label] = launched
+            else:
+                finished[label] = launched
 
         try:
             await start("before", base_tree, with_test=False)
@@ -367,6 +427,30 @@ class SandboxActivities:
             # What the next try at a fix is shown (remedy/llm/repair.py), and people too.
             result.output_tail = output_tail(finished["after"][0].log)
         return result
+
+    async def _launch(
+        self,
+        label: str,
+        inputs: RunInputs,
+        scratch: _Scratch,
+        confinement: Confinement,
+        *,
+        commit: str,
+        reuse: bool,
+        test: tuple[str, bytes] | None = None,
+    ) -> tuple[RunRecord, bool] | asyncio.Task[tuple[RunRecord, bool]]:
+        """A finished run with the same inputs, reused; or the task now running this one in
+        its own copy of the scratch clone's index (with `test`, (path, text), written in)."""
+        key = inputs.key() if reuse else None
+        if key and (hit := self._cache.get(key)) is not None:
+            return hit, False
+        copy = scratch.runs / label
+        if problem := await export_copy(scratch.repo, copy):
+            raise _NoCopy(f"could not copy the worktree at {commit[:12]}: {problem}")
+        if test is not None:
+            _write_inside(copy, *test)
+        run = _Run(label, inputs.command, copy, commit)
+        return asyncio.create_task(self._run_once(run, key, scratch, confinement))
 
     async def _run_once(
         self, run: _Run, key: str | None, scratch: _Scratch, confinement: Confinement

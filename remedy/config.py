@@ -619,6 +619,11 @@ class RemedyConfig(BaseSettings):
                 f"{self.source or 'remedy.toml'}: no service {name!r} in [services]"
             ) from None
 
+    def llm_mode(self, name: str) -> Literal["local", "claude", "auto", "none"]:
+        """How the service's incidents are diagnosed: its own `llm`, else [llm] mode."""
+        configured = self.services.get(name)
+        return configured.llm if configured and configured.llm else self.llm.mode
+
     def service_policy(self, name: str) -> ServicePolicy:
         service = self.service(name)
         return ServicePolicy(

@@ -525,6 +525,18 @@ class VerifyRequest(BaseModel):
     attempt: int = Field(default=1, ge=1)
 
 
+class SuiteBeforeRequest(BaseModel):
+    """Run the service's suite at the incident's commit ahead of verification."""
+
+    incident_id: str
+    worktree: Worktree
+
+
+class SuiteBeforeResult(BaseModel):
+    status: Literal["ran", "reused", "skipped"]
+    detail: str = Field(default="", description="Why it was skipped, or the run's outcome")
+
+
 class ProposeRequest(BaseModel):
     incident: IncidentStatus
 

@@ -373,8 +373,9 @@ class Shop:
         test: RegressionTest | None = None,
         edits: list[Edit] | None = None,
         incident: str = INCIDENT,
+        activities: SandboxActivities | None = None,
     ) -> VerificationResult:
-        acts = SandboxActivities(self.config, self.store)
+        acts = activities or SandboxActivities(self.config, self.store)
         request = VerifyRequest(
             incident_id=incident,
             worktree=self.worktree,

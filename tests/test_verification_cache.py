@@ -18,7 +18,13 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.sandbox import SandboxActivities, parallel_slots
 from remedy.config import LimitsConfig, SandboxConfig
-from remedy.models import CommandRun, VerificationResult, VerifyRequest
+from remedy.models import (
+    CommandRun,
+    SuiteBeforeRequest,
+    SuiteBeforeResult,
+    VerificationResult,
+    VerifyRequest,
+)
 from remedy.sandbox.cache import RunCache, RunRecord
 from tests.test_sandbox import INCIDENT, PYTEST, Shop, _exposing, needs_sandbox
 
@@ -189,3 +195,64 @@ async def test_unsandboxed_runs_are_never_reused(tmp_path: Path) -> None:
     second = runs_of(await shop.verify(shop.patch(*FIX), incident=SECOND))["before"]
     assert second.cached_from is None and marker(shop, second) != marker(shop, first)
     assert cache_entries(shop) == []
+
+
+async def suite_before(shop: Shop, acts: SandboxActivities | None = None) -> SuiteBeforeResult:
+    request = SuiteBeforeRequest(incident_id=INCIDENT, worktree=shop.worktree)
+    activities = acts or SandboxActivities(shop.config, shop.store)
+    result: SuiteBeforeResult = await ActivityEnvironment().run(
+        activities.run_suite_before, request
+    )
+    return result
+
+
+@needs_sandbox
+async def test_the_early_suite_run_is_the_verifications_before_run(tmp_path: Path) -> None:
+    shop = Shop(tmp_path, MARKED + PYTEST)
+    early = await suite_before(shop)
+    assert early.status == "ran" and early.detail.startswith("exit 0 in "), early.detail
+    assert (await suite_before(shop)).status == "reused"  # it ran once
+
+    verified = await shop.verify(shop.patch(*FIX), shop.regression())
+    before = runs_of(verified)["before"]
+    assert before.cached_from == shop.commit, "verify_patch ran the suite before again"
+    assert [r.cached_from for r in verified.runs[1:]] == [None] * 3
+    assert verified.status == "passed" and verified.reproduced is True, verified.summary
+
+
+@needs_sandbox
+async def test_verification_waits_for_an_early_run_still_going_not_runs_it_twice(
+    tmp_path: Path,
+) -> None:
+    shop = Shop(tmp_path, MARKED + "touch started && sleep 2 && " + PYTEST)
+    acts = SandboxActivities(shop.config, shop.store)  # one worker
+    early = asyncio.ensure_future(suite_before(shop, acts))
+    scratch = tmp_path / "home" / "sandbox"
+    for _ in range(600):
+        if list(scratch.glob("*/runs/before/started")):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the early run never started")
+    verified = await shop.verify(shop.patch(*FIX), activities=acts)
+    assert (await asyncio.wait_for(early, 60)).status == "ran"
+    before = runs_of(verified)["before"]
+    assert before.cached_from == shop.commit and verified.status == "passed", verified.summary
+
+
+async def test_the_early_suite_run_is_skipped_where_nothing_would_reuse_it(
+    tmp_path: Path,
+) -> None:
+    for name in ("none", "off", "unsandboxed"):
+        (tmp_path / name).mkdir()
+    no_tests = Shop(tmp_path / "none", None)
+    assert await suite_before(no_tests) == SuiteBeforeResult(
+        status="skipped", detail="no test_command"
+    )
+    off = Shop(tmp_path / "off", MARKED + "true")
+    off.config.services["checkout"].llm = "none"
+    assert (await suite_before(off)).detail == "no diagnosis, so no verification"
+    exposed = tmp_path / "unsandboxed"
+    unsandboxed = Shop(exposed, MARKED + "true", _exposing(exposed, allow_unsandboxed=True))
+    assert (await suite_before(unsandboxed)).status == "skipped"
+    assert cache_entries(unsandboxed) == []

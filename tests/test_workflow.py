@@ -351,3 +351,23 @@ async def test_a_cold_repository_is_indexed_around_the_frames_then_filled_in(
     assert full["complete"] is True
     assert [r.complete for r in fakes.index_requests] == [False, True]
     assert fakes.index_requests[0].frames == start.event.frames
+
+
+async def test_the_suite_before_starts_at_syncing_and_never_holds_or_fails_the_incident(
+    client: Client, task_queue: str, fakes: FakeActivities
+) -> None:
+    fakes.suite_before = "runs on"  # still running when the incident ends triaged
+    final = await finished(await start_incident(client, task_queue, make_start()))
+    assert final.phase == Phase.TRIAGED
+    (request,) = fakes.suite_before_requests
+    assert request.worktree == final.worktree and request.incident_id == final.incident_id
+    deadline = asyncio.get_running_loop().time() + 30
+    while not fakes.suite_before_cancelled:  # delivered with a heartbeat's answer
+        assert asyncio.get_running_loop().time() < deadline, "the early run was never cancelled"
+        await asyncio.sleep(0.1)
+
+    fakes.suite_before = "fails"
+    fakes.diagnosis = fix_diagnosis()
+    handle = await start_incident(client, task_queue, make_start())
+    status = await wait_for_phase(handle, Phase.AWAITING_APPROVAL)
+    assert status.verification is not None and status.verification.status == "passed"

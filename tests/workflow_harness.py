@@ -49,6 +49,8 @@ from remedy.models import (
     RelatedResult,
     ServicePolicy,
     Severity,
+    SuiteBeforeRequest,
+    SuiteBeforeResult,
     SuspectCommit,
     SyncRequest,
     VerificationResult,
@@ -115,6 +117,9 @@ class FakeActivities:
     unapplied_patches: int = 0  # the first this many patches do not apply
     sync_error: ApplicationError | None = None
     index_complete: bool = True
+    suite_before: str = "ran"  # "fails", or "runs on" until it is cancelled
+    suite_before_requests: list[SuiteBeforeRequest] = field(default_factory=list)
+    suite_before_cancelled: bool = False
     calls: dict[str, int] = field(default_factory=dict)
     index_requests: list[IndexRequest] = field(default_factory=list)
     diagnose_requests: list[DiagnoseRequest] = field(default_factory=list)
@@ -173,6 +178,22 @@ class FakeActivities:
         async def verify_patch(request: VerifyRequest) -> VerificationResult:
             self._count("verify_patch")
             return VerificationResult(status=self.verification, summary="3 passed")  # type: ignore[arg-type]
+
+        @activity.defn(name=names.ACTIVITY_RUN_SUITE_BEFORE)
+        async def run_suite_before(request: SuiteBeforeRequest) -> SuiteBeforeResult:
+            self._count("run_suite_before")
+            self.suite_before_requests.append(request)
+            if self.suite_before == "fails":
+                raise ApplicationError("scripted: the suite could not start", non_retryable=True)
+            if self.suite_before == "runs on":
+                try:
+                    while True:
+                        activity.heartbeat()
+                        await asyncio.sleep(0.1)
+                except asyncio.CancelledError:
+                    self.suite_before_cancelled = True
+                    raise
+            return SuiteBeforeResult(status="ran", detail="exit 0 in 0.1 s")
 
         @activity.defn(name=names.ACTIVITY_PROPOSE_CHANGE)
         async def propose_change(request: ProposeRequest) -> Proposal:
@@ -239,6 +260,7 @@ class FakeActivities:
             record_incident,
             write_regression_test,
             verify_patch,
+            run_suite_before,
             propose_change,
             notify,
             open_issue,

@@ -14,6 +14,7 @@ length; the typed call helpers at the bottom take a fifth of it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -57,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         RegressionTestRequest,
         RelatedRequest,
         RelatedResult,
+        SuiteBeforeRequest,
         SyncRequest,
         VerifyRequest,
         Worktree,
@@ -91,6 +93,10 @@ _PATCH_CLOSE_AT_OUTCOME = "close-at-outcome"
 # up to ServicePolicy.max_fix_attempts tries; the fix carries its checked assurance.
 _PATCH_REPAIR_LOOP = "repair-loop"
 
+# The suite's "before" run starts at syncing, alongside the investigation, so verify_patch
+# finds it finished instead of running it first (the first incident on a commit).
+_PATCH_SUITE_BEFORE_EARLY = "suite-before-early"
+
 _DEFAULT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
     backoff_coefficient=2.0,
@@ -114,6 +120,7 @@ class IncidentWorkflow:
         info = workflow.info()
         now = workflow.now()
         self._start = start
+        self._suite_before: asyncio.Task[None] | None = None
         incident_id = names.incident_id_for(start.service, start.fingerprint, info.run_id)
         ui_url = (
             names.ui_run_url(start.ui_base_url, info.workflow_id, info.run_id)
@@ -198,6 +205,8 @@ class IncidentWorkflow:
             except ActivityError as err:
                 cause = err.cause if err.cause is not None else err
                 self._finish(Phase.FAILED, f"{err.activity_type or 'activity'} failed: {cause}")
+            finally:
+                await self._settle_suite_before()
         await self._notify()
         await self._remember()
         if workflow.patched(_PATCH_CLOSE_AT_OUTCOME):
@@ -225,6 +234,8 @@ class IncidentWorkflow:
             timeout=timedelta(minutes=15),
         )
         status.worktree = worktree
+        if workflow.patched(_PATCH_SUITE_BEFORE_EARLY):
+            self._suite_before = asyncio.create_task(self._run_suite_before(worktree))
 
         self._set_phase(Phase.INDEXING)
         index_request = IndexRequest(
@@ -624,6 +635,28 @@ class IncidentWorkflow:
             task_queue=task_queue,
             summary=temporal_ui.step_summary(activity.__name__, self._status),
         )
+
+    async def _run_suite_before(self, worktree: Worktree) -> None:
+        """The early suite run is only ever a head start: its failure is no failure of the
+        incident, which verifies without it."""
+        with contextlib.suppress(ActivityError):
+            await workflow.execute_activity_method(
+                SandboxActivities.run_suite_before,
+                SuiteBeforeRequest(incident_id=self._status.incident_id, worktree=worktree),
+                start_to_close_timeout=timedelta(hours=1),
+                heartbeat_timeout=_ALIVE,
+                retry_policy=_SIDE_CHANNEL_RETRY,
+                summary=temporal_ui.step_summary("run_suite_before", self._status),
+            )
+
+    async def _settle_suite_before(self) -> None:
+        """Cancel the early suite run if the incident ended before it did."""
+        task = self._suite_before
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     def _spend(self, tokens: int, cost_usd: float) -> None:
         self._status.llm_tokens += tokens
