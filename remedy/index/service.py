@@ -4,7 +4,8 @@ The CLI asks the running index worker, which keeps the embedding model loaded (a
 Temporal activity on the index task queue), and with no stack running does the same work in
 its own process. Both sides call these functions, so both answer alike. The request and
 answer models live here, not in remedy/models.py: only the CLI and the index worker
-exchange them, never a workflow.
+exchange them, never a workflow. The index itself (numpy, the model, the store) is imported
+only by the side that does the work: a search through the worker starts none of it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from remedy.config import RemedyConfig
-from remedy.index.core import CodeIndex, Progress, repo_key
-from remedy.models import IndexResult
+
+if TYPE_CHECKING:
+    from remedy.index.core import CodeIndex, Progress
+    from remedy.models import IndexResult
 
 
 class IndexRefused(Exception):
@@ -52,6 +55,8 @@ class IndexJob(BaseModel):
 
 def search(code: CodeIndex, config: RemedyConfig, request: SearchRequest) -> SearchAnswer:
     """Hybrid search of the service's index at its latest indexed commit (or `commit`)."""
+    from remedy.index.core import repo_key
+
     if request.service not in config.services:
         raise IndexRefused(f"{config.source}: no service {request.service!r} in [services]")
     key = repo_key(config, request.service, "")
@@ -83,6 +88,7 @@ def checkout_for(config: RemedyConfig, job: IndexJob, progress: Progress) -> tup
     """(the index's key for the repository, the git directory to read, the commit): for a
     service its mirror, fetched now; for `repo` the checkout itself."""
     from remedy.git.runner import GitError, resolve_commit
+    from remedy.index.core import repo_key
 
     if (job.service is None) == (job.repo is None):
         raise IndexRefused("pass exactly one of SERVICE or --repo PATH")
