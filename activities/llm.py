@@ -63,11 +63,11 @@ from remedy.models import (
     RegressionTest,
     RegressionTestRequest,
     RegressionTestResult,
-    Severity,
     Worktree,
 )
 from remedy.patching import repo_path
 from remedy.review import regression_test_key
+from remedy.service_policy import Severity
 
 DEFAULT_RETRY_AFTER_S = 30.0
 

@@ -34,8 +34,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from remedy.models import DEFAULT_TEST_PATHS, ServicePolicy, Severity
 from remedy.names import SERVICE_NAME_PATTERN, TASK_QUEUE
+from remedy.service_policy import DEFAULT_TEST_PATHS, ServicePolicy, Severity
 
 DEFAULT_CONFIG_PATH = Path("remedy.toml")
 

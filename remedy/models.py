@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from remedy.names import SERVICE_NAME_PATTERN
+from remedy.service_policy import ServicePolicy, Severity
 
 
 class Phase(StrEnum):
@@ -46,13 +47,6 @@ TERMINAL_PHASES = frozenset(
         Phase.FAILED,
     }
 )
-
-
-class Severity(StrEnum):
-    CRITICAL = "critical"
-    HIGH = "high"
-    MEDIUM = "medium"
-    LOW = "low"
 
 
 # ---------------------------------------------------------------------------- the error event
@@ -111,41 +105,6 @@ class IntakeResponse(BaseModel):
 
 
 # ---------------------------------------------------------------------------- workflow input/state
-
-
-DEFAULT_TEST_PATHS = ("tests/**", "test/**", "**/tests/**")
-
-
-class ServicePolicy(BaseModel):
-    """A service's non-secret policy, pinned when the incident starts (auditable in history)."""
-
-    approvers: list[str] = Field(default_factory=list)
-    allowed_paths: list[str] = Field(default_factory=lambda: ["**"])
-    forbidden_paths: list[str] = Field(default_factory=list)
-    allow_execution_sensitive_paths: list[str] = Field(
-        default_factory=list,
-        description="Patterns of execution-sensitive files (CI, build hooks, keys: "
-        "remedy.policy.EXECUTION_SENSITIVE_PATHS) the model may edit anyway; shown to approvers",
-    )
-    test_paths: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_TEST_PATHS),
-        description="Where the model's regression test may be written",
-    )
-    approval_timeout_s: int = Field(default=86_400, ge=1)
-    max_diff_lines: int = Field(default=200, ge=1)
-    max_fix_attempts: int = Field(
-        default=3,
-        ge=1,
-        le=10,
-        description="Tries at a fix: a patch that does not apply or fails verification goes "
-        "back to the model with the failure, until this many (limits.max_fix_attempts)",
-    )
-    quiet_window_s: int = Field(
-        default=3_600,
-        ge=0,
-        description="After a terminal phase the incident keeps absorbing occurrences until it has "
-        "been quiet this long; only then can the same fingerprint open a new incident",
-    )
 
 
 class Recurrence(BaseModel):

@@ -12,15 +12,8 @@ from functools import lru_cache
 
 import pathspec
 
-from remedy.models import (
-    ApprovalRequest,
-    DecideRequest,
-    Edit,
-    ErrorInfo,
-    Phase,
-    ServicePolicy,
-    Severity,
-)
+from remedy.models import ApprovalRequest, DecideRequest, Edit, ErrorInfo, Phase
+from remedy.service_policy import ServicePolicy, Severity
 
 # ---------------------------------------------------------------------------- severity
 

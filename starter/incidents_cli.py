@@ -44,8 +44,9 @@ def incidents_list(
     """List incidents, newest first: id and phase, then error, service, severity, count."""
     import shutil
 
-    from remedy.models import Phase, Severity
+    from remedy.models import Phase
     from remedy.render.terminal import render_incident_list
+    from remedy.service_policy import Severity
     from starter.incidents import list_incidents
 
     loaded = load_or_exit(config)

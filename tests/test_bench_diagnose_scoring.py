@@ -17,9 +17,8 @@ from remedy.models import (
     IncidentStatus,
     PatchResult,
     Phase,
-    ServicePolicy,
-    Severity,
 )
+from remedy.service_policy import ServicePolicy, Severity
 
 SOURCE = '''"""A meter."""
 

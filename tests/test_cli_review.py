@@ -30,9 +30,10 @@ from typer.testing import CliRunner, Result
 
 from remedy.artifacts import ArtifactStore
 from remedy.config import load_config
-from remedy.models import IncidentStatus, PatchResult, Phase, Severity, VerificationResult
+from remedy.models import IncidentStatus, PatchResult, Phase, VerificationResult
 from remedy.render.terminal import render_incident_list, render_status
 from remedy.review import review_of
+from remedy.service_policy import Severity
 from starter.app import create_app
 from starter.cli import app as cli
 from starter.cli_approval import APPROVER_TOKEN_ENV, hash_credential

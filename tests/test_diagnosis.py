@@ -32,11 +32,10 @@ from remedy.models import (
     EvidenceLine,
     Frame,
     FrameEvidence,
-    ServicePolicy,
-    Severity,
     Worktree,
 )
 from remedy.patching import repo_path
+from remedy.service_policy import ServicePolicy, Severity
 
 COMMIT = "c0ffee" * 6 + "abcd"
 CART = """def total(items):

@@ -31,13 +31,12 @@ from remedy.models import (
     Phase,
     Proposal,
     ProposeRequest,
-    ServicePolicy,
-    Severity,
     SyncRequest,
     VerificationResult,
 )
 from remedy.names import branch_for
 from remedy.render.pull_request import pull_request_title
+from remedy.service_policy import ServicePolicy, Severity
 from tests.repos import ALICE, BOB, ServiceRepo, git, make_service_repo, serve_over_http
 
 Via = Literal["path", "url"]

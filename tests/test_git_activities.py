@@ -32,10 +32,10 @@ from remedy.models import (
     InvestigateRequest,
     PatchRequest,
     PatchResult,
-    ServicePolicy,
     SyncRequest,
     Worktree,
 )
+from remedy.service_policy import ServicePolicy
 from tests.repos import ALICE, BOB, CAROL, ServiceRepo, git, make_service_repo, serve_over_http
 
 Via = Literal["path", "url"]

@@ -23,9 +23,9 @@ from remedy.models import (
     Phase,
     Proposal,
     ProposeRequest,
-    Severity,
 )
 from remedy.render.pull_request import INCIDENT_TRAILER
+from remedy.service_policy import Severity
 from tests.fakes.github_server import TOKEN, GitHubServer
 from tests.fakes.incident_factory import (
     APPROVER,

@@ -41,10 +41,9 @@ from remedy.models import (
     RegressionTestRequest,
     RegressionTestResult,
     RelatedCode,
-    ServicePolicy,
-    Severity,
     Worktree,
 )
+from remedy.service_policy import ServicePolicy, Severity
 from tests.conftest import free_port
 from tests.fakes import anthropic_server as claude_fake
 from tests.fakes import ollama_server as ollama_fake

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from remedy.config import RemedyConfig
-from remedy.models import Severity
+from remedy.service_policy import Severity
 from starter.otlp import MAX_DISTINCT_ERRORS
 from tests.apps import harness
 from tests.apps.cart import checkout

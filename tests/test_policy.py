@@ -6,16 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from remedy.models import (
-    ApprovalRequest,
-    DecideRequest,
-    Decision,
-    Edit,
-    ErrorInfo,
-    Phase,
-    ServicePolicy,
-    Severity,
-)
+from remedy.models import ApprovalRequest, DecideRequest, Decision, Edit, ErrorInfo, Phase
 from remedy.policy import (
     EXECUTION_SENSITIVE_PATHS,
     approval_refusal,
@@ -27,6 +18,7 @@ from remedy.policy import (
     scope_violations,
     severity_for,
 )
+from remedy.service_policy import ServicePolicy, Severity
 
 # ---------------------------------------------------------------------------- severity
 

@@ -30,8 +30,6 @@ from remedy.models import (
     PatchRequest,
     Phase,
     ProposeRequest,
-    ServicePolicy,
-    Severity,
     SyncRequest,
 )
 from remedy.redact import (
@@ -46,6 +44,7 @@ from remedy.redact import (
 )
 from remedy.render.pull_request import pull_request_body
 from remedy.render.slack import detail_text, render_message
+from remedy.service_policy import ServicePolicy, Severity
 from tests.fakes import ollama_server as ollama_fake
 from tests.repos import git, make_service_repo
 

@@ -20,15 +20,8 @@ from activities.index import IndexActivities
 from remedy.artifacts import ArtifactStore
 from remedy.config import LLMConfig, RemedyConfig
 from remedy.index.edge_store import EdgeStore
-from remedy.models import (
-    DiagnoseRequest,
-    ErrorInfo,
-    Evidence,
-    Frame,
-    IndexRequest,
-    Severity,
-    Worktree,
-)
+from remedy.models import DiagnoseRequest, ErrorInfo, Evidence, Frame, IndexRequest, Worktree
+from remedy.service_policy import Severity
 from tests.fakes.ollama_server import OllamaServer, answer, tool_call
 from tests.repos import ServiceRepo, make_service_repo
 from worker import build_activities

@@ -33,7 +33,8 @@ from remedy.intake import build_incident_start
 from remedy.intake_formats.report import client_fingerprint
 from remedy.intake_formats.sentry_auth import dsn_for, project_id_for, token_dsn_key
 from remedy.intake_formats.sentry_event import read_event
-from remedy.models import IncidentStart, IntakeResponse, Severity
+from remedy.models import IncidentStart, IntakeResponse
+from remedy.service_policy import Severity
 from remedy.stacktrace import parse_traceback
 from starter.app import create_app
 from starter.cli import app as cli_app

@@ -47,8 +47,6 @@ from remedy.models import (
     RelatedCode,
     RelatedRequest,
     RelatedResult,
-    ServicePolicy,
-    Severity,
     SuiteBeforeRequest,
     SuiteBeforeResult,
     SuspectCommit,
@@ -58,6 +56,7 @@ from remedy.models import (
     Worktree,
 )
 from remedy.render import temporal_ui
+from remedy.service_policy import ServicePolicy, Severity
 from workflows.incident import IncidentWorkflow
 
 APPROVER = "U024BE7LH"

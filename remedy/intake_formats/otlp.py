@@ -46,7 +46,8 @@ from remedy.intake_formats.report import (
     tags_within,
     text,
 )
-from remedy.models import ErrorEvent, ErrorInfo, Frame, Severity
+from remedy.models import ErrorEvent, ErrorInfo, Frame
+from remedy.service_policy import Severity
 from remedy.stacktrace import parse_exception_line
 
 Kind = Literal["logs", "traces"]

@@ -13,8 +13,9 @@ from typing import Any
 from remedy.config import RemedyConfig
 from remedy.intake import MAX_TAG_CHARS
 from remedy.intake import _max_length as field_limit  # the schema's limits, read one way
-from remedy.models import ErrorEvent, ErrorInfo, Frame, IncidentStart, Severity
+from remedy.models import ErrorEvent, ErrorInfo, Frame, IncidentStart
 from remedy.policy import is_notify_only
+from remedy.service_policy import Severity
 
 
 class Rejected(Exception):

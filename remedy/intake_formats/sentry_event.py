@@ -30,7 +30,8 @@ from remedy.intake_formats.report import (
     text,
     timestamp_of,
 )
-from remedy.models import ErrorEvent, ErrorInfo, Frame, Severity
+from remedy.models import ErrorEvent, ErrorInfo, Frame
+from remedy.service_policy import Severity
 
 _MODULE = field_limit(Frame, "module")
 _CODE = field_limit(Frame, "code")

@@ -21,9 +21,10 @@ from pydantic import BaseModel, Field, ValidationError
 
 from remedy.llm.conversation import ToolSpec
 from remedy.llm.prompts import UNTRUSTED_MARKERS
-from remedy.models import Diagnosis, Edit, ServicePolicy
+from remedy.models import Diagnosis, Edit
 from remedy.patching import EditedFile, repo_path, try_edits
 from remedy.policy import diff_size_violation, regression_test_violation, scope_violations
+from remedy.service_policy import ServicePolicy
 
 
 class RegressionTestAnswer(BaseModel):

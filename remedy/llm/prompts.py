@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from remedy.llm.conversation import ToolSpec
-from remedy.models import DiagnoseRequest, Frame, RegressionTestRequest, ServicePolicy
+from remedy.models import DiagnoseRequest, Frame, RegressionTestRequest
+from remedy.service_policy import ServicePolicy
 
 UNTRUSTED_MARKERS = ("<<<BEGIN UNTRUSTED", "<<<END UNTRUSTED")
 

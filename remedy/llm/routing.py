@@ -12,7 +12,8 @@ from typing import Literal
 
 from remedy.config import LLMConfig
 from remedy.llm.conversation import CLAUDE, OLLAMA, BackendName
-from remedy.models import Evidence, Severity
+from remedy.models import Evidence
+from remedy.service_policy import Severity
 
 Mode = Literal["local", "claude", "auto", "none"]
 

@@ -31,12 +31,12 @@ from remedy.models import (
     PatchResult,
     Phase,
     Proposal,
-    Severity,
     VerificationResult,
 )
 from remedy.redact import redact_code, redact_diff, redact_text, redact_value
 from remedy.render.phases import Forge, phase_label
 from remedy.render.sanitize import slack_code, slack_escape, slack_quote, slack_text
+from remedy.service_policy import Severity
 
 APPROVE_ACTION_ID = "remedy_approve"
 REJECT_ACTION_ID = "remedy_reject"

@@ -19,10 +19,10 @@ from remedy.models import (
     Phase,
     PhaseChange,
     Proposal,
-    Severity,
     SuspectCommit,
     VerificationResult,
 )
+from remedy.service_policy import Severity
 
 FINGERPRINT = "0123456789abcdef"
 INCIDENT_ID = f"checkout-{FINGERPRINT}-a1b2c3d4"
