@@ -462,7 +462,8 @@ async def run_cases(
                     f"file named {_yes(result['fix_file_named'])}, function edited "
                     f"{_yes(result['fix_function_edited'])}, applied "
                     f"{_yes(result['patch_applied'])}, {result['turns']} turns, "
-                    f"{result['tool_calls']} tool calls, {result['wall_s']:.0f} s "
+                    f"{len(result['recorded_tool_calls'])} tool calls "
+                    f"({result['tool_calls']} native), {result['wall_s']:.0f} s "
                     f"({result['model_s']:.0f} s in the model)",
                     flush=True,
                 )
