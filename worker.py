@@ -68,9 +68,14 @@ def build_activities(config: RemedyConfig, store: ArtifactStore) -> list[Callabl
         git.sync_repo,
         git.investigate,
         git.prepare_patch,
+        git.release_contains,
         forge.propose_change,
+        forge.watch_branch,
+        forge.note_on_change,
         github.open_pull_request,
         github.open_issue,
+        github.watch_pull_request,
+        github.comment_on_pull_request,
         slack.notify,
     ]
 

@@ -2,8 +2,11 @@
 
 `LocalForge` (the `propose_change` activity) commits the approved edits on `remedy/<incident>`
 and pushes that branch to the repository's own remote, storing the pull-request text
-(remedy.render.pull_request) beside the incident. `approval_of` is the check every forge makes
-before anything leaves.
+(remedy.render.pull_request) beside the incident. After pr_opened it follows the branch
+(`watch_branch`: merged into the service's branch, or deleted unmerged) and, should the fix not
+hold, leaves the comment a pull request would get beside the incident (`note_on_change`).
+`approval_of` is the check every forge makes before anything leaves; `watch_change` is the
+polling loop every forge's watch runs.
 
 Retries are safe by construction: the branch name comes from the incident, the commit is
 deterministic (fixed identity, dates from the approval, message from the incident), the
@@ -12,6 +15,9 @@ remote is looked at before anything is created, and nothing is ever force-pushed
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from datetime import datetime
 
 from temporalio import activity
@@ -22,13 +28,32 @@ from remedy import names
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig
 from remedy.git.diff import edited_tree
-from remedy.git.mirror import Mirror, ensure_commit, locked, mirror_for
-from remedy.git.runner import GitError, application_error, git_text, resolve_commit, run_git
-from remedy.models import Decision, Edit, IncidentStatus, Proposal, ProposeRequest
+from remedy.git.mirror import Mirror, ensure_commit, locked, mirror_for, update_mirror
+from remedy.git.runner import (
+    GitError,
+    application_error,
+    git_text,
+    is_ancestor,
+    resolve_commit,
+    run_git,
+)
+from remedy.models import (
+    ChangeState,
+    Decision,
+    Edit,
+    FixCommentRequest,
+    FixCommentResult,
+    IncidentStatus,
+    Proposal,
+    ProposeRequest,
+    WatchChangeRequest,
+)
 from remedy.patching import EditRefused
 from remedy.render.pull_request import (
     INCIDENT_TRAILER,
     commit_message,
+    fix_failed_comment,
+    fix_failed_marker,
     pull_request_body,
     pull_request_title,
 )
@@ -48,6 +73,65 @@ def approval_of(incident: IncidentStatus) -> Decision:
             non_retryable=True,
         )
     return decision
+
+
+def failed_fix_of(incident: IncidentStatus) -> Proposal:
+    """The change a fix-failed comment goes on; NothingToComment when the incident has none."""
+    fix = incident.fix
+    if incident.proposal is None or fix is None or fix.failed_release is None:
+        raise ApplicationError(
+            f"incident {incident.incident_id} has no change whose fix failed in a release "
+            f"(the comment is left only after a release with the fix saw the error again)",
+            type="NothingToComment",
+            non_retryable=True,
+        )
+    return incident.proposal
+
+
+# ---------------------------------------------------------------------------- watching a change
+
+
+class PollMissed(Exception):
+    """One look at a change failed in a way the next look may not (a network error, a rate
+    limit): the watch goes on, waiting at least `wait_s` before the next look."""
+
+    def __init__(self, reason: str, wait_s: float = 0.0) -> None:
+        super().__init__(reason)
+        self.wait_s = wait_s
+
+
+async def watch_change(
+    request: WatchChangeRequest, look: Callable[[], ChangeState | None]
+) -> ChangeState:
+    """Look at once and every `poll_s` until `look` says merged or closed; open once `watch_s`
+    has passed (the last look is at the deadline).
+
+    `look` blocks (git, PyGithub), so each runs in a thread and no worker thread is held
+    between looks: many incidents may watch for days. It must not heartbeat, since the SDK
+    takes an async activity's heartbeats on the event loop only; this loop beats between
+    looks, and the liveness interceptor (activities/progress.py) beats during one.
+    Cancellation arrives as CancelledError and ends the watch at once. A PollMissed is
+    logged and waited out; any other exception ends the watch."""
+    deadline = time.monotonic() + request.watch_s
+    looks = 0
+    while True:
+        wait = float(request.poll_s)
+        looks += 1
+        try:
+            state = await asyncio.to_thread(look)
+        except PollMissed as missed:
+            activity.logger.warning(
+                "watching the change of %s: %s; looking again", request.incident_id, missed
+            )
+            wait = max(wait, missed.wait_s)
+        else:
+            if state is not None:
+                return state
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return ChangeState(state="open")
+        heartbeat(f"change open after {looks} look(s)")
+        await asyncio.sleep(min(wait, remaining))
 
 
 # ---------------------------------------------------------------------------- the local forge
@@ -104,6 +188,85 @@ class LocalForge:
         return Proposal(
             branch=branch, commit=commit, title=title, remote=mirror.public_location, body=body
         )
+
+    # -- after pr_opened ---------------------------------------------------------
+
+    @activity.defn(name=names.ACTIVITY_WATCH_BRANCH)
+    async def watch_branch(self, request: WatchChangeRequest) -> ChangeState:
+        """Fetch every `poll_s` for `watch_s`: merged once the change is in the service's
+        branch (`request.branch`, else the configured one; merge_commit None: the change's
+        commit is what a release must contain, or the commit it landed as after a rebase or
+        squash); closed once its branch is deleted unmerged; open at the end. A failed fetch
+        waits for the next poll; a permanent git failure (credentials, a missing repository) or
+        a missing service branch raises, non-retryable."""
+        mirror = mirror_for(self.config, request.service)  # an unknown service stops here
+        branch = request.branch or self.config.service(request.service).branch
+        timeout = float(self.config.limits.sync_timeout_s)
+
+        def look() -> ChangeState | None:
+            try:
+                with locked(mirror):
+                    update_mirror(mirror, timeout)
+                    return self._change_state(mirror, request, branch)
+            except GitError as exc:
+                if exc.permanent:
+                    raise application_error(
+                        exc,
+                        f"watching {request.proposal.branch} in {mirror.public_location}",
+                        f"check services.{request.service}.repo and that the worker may read it",
+                    ) from None
+                raise PollMissed(str(exc)) from None
+
+        return await watch_change(request, look)
+
+    @staticmethod
+    def _change_state(
+        mirror: Mirror, request: WatchChangeRequest, branch: str
+    ) -> ChangeState | None:
+        """The change's state in the freshly fetched mirror; None while it is open."""
+        tip = resolve_commit(mirror.path, f"refs/heads/{branch}")
+        if tip is None:
+            raise ApplicationError(
+                f"branch {branch!r} of service {request.service!r} does not exist in "
+                f"{mirror.public_location}, so no change can be merged into it (set "
+                f"services.{request.service}.branch to an existing branch)",
+                type="BranchNotFound",
+                non_retryable=True,
+            )
+        # Unknown when its branch was deleted before this mirror ever fetched it.
+        commit = resolve_commit(mirror.path, request.proposal.commit)
+        if commit is not None:
+            if is_ancestor(mirror.path, commit, tip):
+                return ChangeState(state="merged")
+            # A rebase or squash lands the change as a new commit that keeps its trailer.
+            landed = git_text(
+                mirror.path, "log", "-1", "--format=%H", "--fixed-strings",
+                f"--grep={INCIDENT_TRAILER}: {request.incident_id}", tip, "--not", commit, "--",
+            )  # fmt: skip
+            if landed:
+                return ChangeState(state="merged", merge_commit=landed)
+        if resolve_commit(mirror.path, f"refs/heads/{request.proposal.branch}") is None:
+            return ChangeState(state="closed")
+        return None
+
+    @activity.defn(name=names.ACTIVITY_NOTE_ON_CHANGE)
+    def note_on_change(self, request: FixCommentRequest) -> FixCommentResult:
+        """Append the fix-failed comment to `<incident>/pull_request_comments.md` (the local
+        forge has no pull request page); once per failed release, so a retry adds nothing."""
+        incident = request.incident
+        failed_fix_of(incident)
+        try:
+            incident_id = names.safe_id(incident.incident_id, "incident id")
+        except ValueError as exc:
+            raise ApplicationError(str(exc), type="InvalidRequest", non_retryable=True) from None
+        key = f"{incident_id}/pull_request_comments.md"
+        url = self.store.path_of(key).as_uri()
+        earlier = self.store.get_text(key) if self.store.exists(key) else ""
+        if fix_failed_marker(incident) in earlier:
+            return FixCommentResult(created=False, url=url)
+        separator = "\n---\n\n" if earlier else ""
+        self.store.put_text(key, earlier + separator + fix_failed_comment(incident))
+        return FixCommentResult(created=True, url=url)
 
     @staticmethod
     def _existing(mirror: Mirror, branch: str, incident_id: str, timeout: float) -> str | None:

@@ -1,4 +1,4 @@
-"""Git activities: sync_repo, investigate and prepare_patch, over remedy.git.
+"""Git activities: sync_repo, investigate, prepare_patch and release_contains, over remedy.git.
 
 The plumbing (the runner, the mirror cache, history, diffs) lives in `remedy.git`; this
 adapter turns requests into calls, heartbeats while git runs, stores the artifacts and turns
@@ -27,12 +27,20 @@ from remedy.git.mirror import (
     mirror_for,
     update_mirror,
 )
-from remedy.git.runner import FULL_SHA, GitError, application_error, resolve_commit
+from remedy.git.runner import (
+    FULL_SHA,
+    GitError,
+    application_error,
+    is_ancestor,
+    resolve_commit,
+)
 from remedy.models import (
     Evidence,
     InvestigateRequest,
     PatchRequest,
     PatchResult,
+    ReleaseCheck,
+    ReleaseCheckRequest,
     SyncRequest,
     Worktree,
 )
@@ -47,7 +55,8 @@ def _incident_id(value: str) -> str:
 
 
 class GitActivities:
-    """sync_repo, investigate and prepare_patch: every activity that reads a repository."""
+    """sync_repo, investigate, prepare_patch and release_contains: every activity that reads
+    a repository."""
 
     def __init__(self, config: RemedyConfig, store: ArtifactStore) -> None:
         self.config = config
@@ -180,3 +189,47 @@ class GitActivities:
             diff=ref,
             execution_sensitive=lifted_execution_sensitive(sorted(edited), request.policy),
         )
+
+    # -- release_contains -----------------------------------------------------
+
+    @activity.defn(name=names.ACTIVITY_RELEASE_CONTAINS)
+    def release_contains(self, request: ReleaseCheckRequest) -> ReleaseCheck:
+        """Whether the service's `release` (a sha or a tag) contains `commit`; contains=None
+        when the release names no commit of the repository even after a fetch."""
+        mirror = mirror_for(self.config, request.service)
+        release, fix = request.release, request.commit
+        timeout = float(self.config.limits.sync_timeout_s)
+        try:
+            with locked(mirror, on_wait=heartbeat):
+                # As in sync_repo: a full sha already mirrored cannot move, so no fetch. A fix
+                # the mirror lacks then cannot be in it either (a commit brings its ancestors).
+                known = (
+                    FULL_SHA.match(release) is not None
+                    and mirror.path.is_dir()
+                    and resolve_commit(mirror.path, release, on_wait=heartbeat) == release
+                )
+                if not known:
+                    update_mirror(mirror, timeout, on_wait=heartbeat)
+                release_commit = resolve_commit(mirror.path, release, on_wait=heartbeat)
+                if release_commit is None:
+                    return ReleaseCheck(
+                        contains=None,
+                        detail=f"release {release!r} of service {request.service!r} names no "
+                        f"commit in {mirror.public_location} after fetching",
+                    )
+                fix_commit = resolve_commit(mirror.path, fix, on_wait=heartbeat)
+                contains = fix_commit is not None and is_ancestor(
+                    mirror.path, fix_commit, release_commit, on_wait=heartbeat
+                )
+        except GitError as exc:
+            raise application_error(
+                exc,
+                f"checking release {release!r} of {request.service} for {fix[:12]}",
+                f"check services.{request.service}.repo and that the worker may read it",
+            ) from None
+        if fix_commit is None:
+            detail = f"fix {fix[:12]} is not in {mirror.public_location}, so no release has it"
+        else:
+            holds = "contains" if contains else "does not contain"
+            detail = f"release {release!r} ({release_commit[:12]}) {holds} fix {fix[:12]}"
+        return ReleaseCheck(contains=contains, release_commit=release_commit, detail=detail)

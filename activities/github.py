@@ -1,4 +1,6 @@
-"""GitHub: the approved change as a draft pull request, and one issue per severe fingerprint.
+"""GitHub: the approved change as a draft pull request, and one issue per severe fingerprint;
+after pr_opened, the pull request watched until it is merged or closed, and a comment on it
+when its fix did not hold.
 
 `GitHubActivities` is the `github` forge (activities/forge.py has the `local` push; the text
 of both comes from remedy.render.pull_request). It needs no git credentials on the worker: the
@@ -8,7 +10,8 @@ current head, the ref `remedy/<incident>`), with a token or a GitHub App install
 Idempotent by look-before-create: the incident's pull request, then its branch, are looked
 for before anything is made; "already exists" answers (422) turn into lookups. The branch's
 commit carries the `Remedy-Incident` trailer, so a branch of that name without it belongs to a
-person and is never touched. Remedy never merges.
+person and is never touched. Remedy never merges. The fix-failed comment carries a hidden
+marker per (incident, release) that is looked for before one is posted.
 
 Failures: 401/403/404 and validation errors stop retrying with a message naming the fix;
 rate limits wait as long as GitHub asks (Retry-After, X-RateLimit-Reset); 5xx and connection
@@ -31,21 +34,27 @@ from github.Repository import Repository
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.forge import approval_of
+from activities.forge import PollMissed, approval_of, failed_fix_of, watch_change
 from remedy import names, patching
 from remedy.artifacts import ArtifactStore
 from remedy.config import RemedyConfig, secret
 from remedy.models import (
+    ChangeState,
     Edit,
+    FixCommentRequest,
+    FixCommentResult,
     IncidentStatus,
     IssueResult,
     OpenIssueRequest,
     Proposal,
     ProposeRequest,
+    WatchChangeRequest,
 )
 from remedy.render.pull_request import (
     INCIDENT_TRAILER,
     commit_message,
+    fix_failed_comment,
+    fix_failed_marker,
     issue_body,
     issue_marker,
     issue_title,
@@ -223,6 +232,90 @@ class GitHubActivities:
         activity.logger.info("opened issue #%s for %s", created.number, incident.incident_id)
         return IssueResult(opened=True, created=True, number=created.number, url=created.html_url)
 
+    @activity.defn(name=names.ACTIVITY_WATCH_PULL_REQUEST)
+    async def watch_pull_request(self, request: WatchChangeRequest) -> ChangeState:
+        """Look at the change's pull request every `poll_s` for `watch_s`: merged (with GitHub's
+        merge_commit_sha, the commit that landed after a merge, squash or rebase), closed
+        unmerged, or open at the end.
+
+        A pull request this watch never found raises PullRequestNotFound (non-retryable): it
+        was never opened in the configured repository (a local push, or github_repo changed
+        since), and no amount of polling finds it. Once found, a look that misses it is a stale
+        read (GitHub never deletes a pull request), so the watch goes on. Rate limits, 5xx and
+        connection errors wait for the next look (at least as long as GitHub asks); refusals
+        (401, 403, 404) and missing credentials raise, non-retryable."""
+        branch = request.proposal.branch
+        repo_name, client = self._configured(request.service)
+        repo: Repository | None = None
+        seen = False
+
+        def look() -> ChangeState | None:
+            nonlocal repo, seen
+            doing = f"looking at the pull request from {branch}"
+            try:
+                if repo is None:
+                    repo = client.get_repo(repo_name)
+                pull = self._find_pull(repo, branch)
+            except GithubException as exc:
+                failure = github_failure(exc, doing, self._config)
+                if failure.non_retryable:
+                    raise failure from None
+                delay = failure.next_retry_delay
+                raise PollMissed(str(failure), delay.total_seconds() if delay else 0.0) from None
+            except OSError as exc:  # requests' connection errors and timeouts are OSErrors
+                raise PollMissed(f"GitHub {doing}: {exc}") from None
+            if pull is None:
+                if seen:
+                    raise PollMissed(f"the pull request from {branch} was not listed this time")
+                raise ApplicationError(
+                    f"no pull request from {branch} in {repo_name}, so there is none to watch "
+                    f"(was it opened elsewhere? services.{request.service}.github_repo names "
+                    f"the repository Remedy looks in)",
+                    type="PullRequestNotFound",
+                    non_retryable=True,
+                )
+            seen = True
+            # merged_at is in the listing; `merged` is not, and reading it costs a request.
+            if pull.merged_at is not None:
+                return ChangeState(state="merged", merge_commit=pull.merge_commit_sha)
+            if pull.state == "closed":
+                return ChangeState(state="closed")
+            return None
+
+        return await watch_change(request, look)
+
+    @activity.defn(name=names.ACTIVITY_COMMENT_ON_PULL_REQUEST)
+    def comment_on_pull_request(self, request: FixCommentRequest) -> FixCommentResult:
+        """Tell the pull request's reviewers that its fix did not hold, once per failed
+        release: a comment with the same hidden marker is looked for before one is posted."""
+        incident = request.incident
+        proposal = failed_fix_of(incident)
+        repo_name, client = self._configured(incident.service)
+        marker = fix_failed_marker(incident)
+        doing = f"reading {repo_name}"
+        try:
+            repo = client.get_repo(repo_name)
+            doing = f"looking for the pull request from {proposal.branch}"
+            pull = self._find_pull(repo, proposal.branch)
+            if pull is None:
+                raise ApplicationError(
+                    f"no pull request from {proposal.branch} in {repo_name} to comment on "
+                    f"(services.{incident.service}.github_repo names the repository Remedy "
+                    f"looks in)",
+                    type="PullRequestNotFound",
+                    non_retryable=True,
+                )
+            doing = f"reading the comments of pull request #{pull.number}"
+            for comment in pull.get_issue_comments():
+                if marker in (comment.body or ""):
+                    return FixCommentResult(created=False, url=comment.html_url)
+            doing = f"commenting on pull request #{pull.number}"
+            created = pull.create_issue_comment(fix_failed_comment(incident))
+        except GithubException as exc:
+            raise github_failure(exc, doing, self._config) from None
+        activity.logger.info("commented %s for %s", created.html_url, incident.incident_id)
+        return FixCommentResult(created=True, url=created.html_url)
+
     # -- the forge ---------------------------------------------------------------
 
     def publish(self, incident: IncidentStatus) -> Proposal:
@@ -236,13 +329,7 @@ class GitHubActivities:
                 non_retryable=True,
             )
         approval_of(incident)
-        try:
-            repo_name = self._repo_name(incident.service)
-            client = self._client(repo_name)
-        except GitHubSetupError as exc:
-            raise ApplicationError(
-                str(exc), type="GitHubNotConfigured", non_retryable=True
-            ) from None
+        repo_name, client = self._configured(incident.service)
         base = self._config.service(incident.service).branch
         branch = names.branch_for(incident.incident_id)
         title = pull_request_title(incident)
@@ -380,6 +467,17 @@ class GitHubActivities:
             pull.add_to_labels(*missing)
 
     # -- configuration ---------------------------------------------------------
+
+    def _configured(self, service: str) -> tuple[str, Github]:
+        """The service's repository and a client for it; GitHubNotConfigured (non-retryable)
+        when either is missing."""
+        try:
+            repo_name = self._repo_name(service)
+            return repo_name, self._client(repo_name)
+        except GitHubSetupError as exc:
+            raise ApplicationError(
+                str(exc), type="GitHubNotConfigured", non_retryable=True
+            ) from None
 
     def _repo_name(self, service: str) -> str:
         repo_name = self._config.service(service).github_repo

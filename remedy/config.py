@@ -149,6 +149,24 @@ class LimitsConfig(_Section):
     max_tokens_per_incident: int = Field(
         default=400_000, ge=1_000, description="LLM tokens (in + out); beyond it: rate_limited"
     )
+    hold_window_s: int = Field(
+        default=7 * 86_400,
+        ge=1,
+        description="A deployed fix holds after this long without a report of its error from a "
+        "release that contains it",
+    )
+    follow_fix_s: int = Field(
+        default=30 * 86_400,
+        ge=0,
+        description="How long an opened change is followed to merge, and a merged one to deploy; "
+        "0: incidents end at pr_opened",
+    )
+    change_poll_s: int = Field(
+        default=900,
+        ge=1,
+        description="How often the forge is asked whether the change was merged or closed "
+        "(the GitHub webhook tells at once; the local forge has none)",
+    )
 
 
 class SandboxConfig(_Section):
@@ -336,6 +354,17 @@ class GitHubConfig(_Section):
         default=1.0, ge=0, description="Pause between writes, as GitHub asks of integrations"
     )
     timeout_s: int = Field(default=15, ge=1)
+    webhook_secret_env: str = Field(
+        default="GITHUB_WEBHOOK_SECRET",
+        description="env var holding the secret of the repositories' webhook (POST "
+        "/github/webhook verifies X-Hub-Signature-256 with it); unset: the route answers 503",
+    )
+    webhook_max_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Webhook deliveries larger than this get 413 (a pull request event is "
+        "tens of KB)",
+    )
 
 
 class ArtifactsConfig(_Section):
@@ -636,6 +665,9 @@ class RemedyConfig(BaseSettings):
             max_diff_lines=self.limits.max_diff_lines,
             max_fix_attempts=self.limits.max_fix_attempts,
             quiet_window_s=self.limits.quiet_window_s,
+            hold_window_s=self.limits.hold_window_s,
+            follow_fix_s=self.limits.follow_fix_s,
+            change_poll_s=self.limits.change_poll_s,
         )
 
 

@@ -34,6 +34,12 @@ class Phase(StrEnum):
     NOTIFIED = "notified"
     RATE_LIMITED = "rate_limited"
     FAILED = "failed"
+    # After pr_opened the incident follows its change to production (issue 13).
+    FIX_MERGED = "fix_merged"
+    FIX_DEPLOYED = "fix_deployed"
+    FIX_HELD = "fix_held"
+    FIX_FAILED = "fix_failed"
+    FIX_ABANDONED = "fix_abandoned"
 
 
 TERMINAL_PHASES = frozenset(
@@ -45,8 +51,18 @@ TERMINAL_PHASES = frozenset(
         Phase.NOTIFIED,
         Phase.RATE_LIMITED,
         Phase.FAILED,
+        Phase.FIX_MERGED,
+        Phase.FIX_DEPLOYED,
+        Phase.FIX_HELD,
+        Phase.FIX_FAILED,
+        Phase.FIX_ABANDONED,
     }
 )
+"""Phases at which the remediation reached its outcome; from pr_opened on, the incident may
+still follow its change (FOLLOWING_PHASES) until it ends in one of FIX_OUTCOMES."""
+
+FOLLOWING_PHASES = frozenset({Phase.PR_OPENED, Phase.FIX_MERGED, Phase.FIX_DEPLOYED})
+FIX_OUTCOMES = frozenset({Phase.FIX_HELD, Phase.FIX_FAILED, Phase.FIX_ABANDONED})
 
 
 # ---------------------------------------------------------------------------- the error event
@@ -136,11 +152,108 @@ class IncidentStart(BaseModel):
         default=None,
         description="Set on a run that only counts reports of an incident already closed",
     )
+    reopened_after: FixRecurrence | None = Field(
+        default=None, description="Set on the incident a failed fix reopened"
+    )
+    follow_up: IncidentStatus | None = Field(
+        default=None,
+        description="Set on a run continued-as-new while following its change: the incident as "
+        "it stood (its history had grown long)",
+    )
 
 
 class OccurrenceSignal(BaseModel):
     count: int = Field(ge=1)
     last_seen: datetime | None = None
+    releases: dict[str, int] = Field(
+        default_factory=dict,
+        description="How many of the `count` reports named each release; reports without one "
+        "are not in it. An incident following its fix tells a recurrence on a release with the "
+        "fix from a stale one by these",
+    )
+
+
+# Release names as services send them: a commit sha, a tag, `name@1.2.3+sha`.
+RELEASE_MAX_LENGTH = 200
+
+
+class ChangeSignal(BaseModel):
+    """What happened to the incident's change at the forge (GitHub webhook, CLI, poll)."""
+
+    state: Literal["merged", "closed"]
+    merge_commit: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$",
+        description="The commit that landed on the service's branch (GitHub's merge_commit_sha; "
+        "differs from the change's own commit after a squash or rebase merge)",
+    )
+    source: str = Field(default="webhook", max_length=40, description="Who told: webhook, poll")
+
+
+class DeploySignal(BaseModel):
+    """A release of the service now runs: POST /v1/deploys, `remedy deployed`, or the first
+    report of the service that named it."""
+
+    release: str = Field(min_length=1, max_length=RELEASE_MAX_LENGTH)
+    source: Literal["deploy", "report"] = "deploy"
+
+
+class DeployRequest(BaseModel):
+    """What a deploy pipeline sends to POST /v1/deploys once a release of the service runs."""
+
+    service: str = Field(pattern=SERVICE_NAME_PATTERN)
+    release: str = Field(
+        min_length=1,
+        max_length=RELEASE_MAX_LENGTH,
+        # What git can name without it reading as an option: a sha, a tag, name@1.2.3+sha.
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/+@:-]*$",
+        description="The release that now runs: the commit sha or the tag it was built from",
+    )
+
+
+class DeployResponse(BaseModel):
+    service: str
+    release: str
+    incidents: list[str] = Field(description="The incidents following a change that were told")
+
+
+class FixRecurrence(BaseModel):
+    """The incident whose merged and deployed fix did not stop the error: a new incident
+    opens linked to it."""
+
+    incident_id: str
+    fix_commit: str
+    release: str
+    pr_url: str | None = None
+
+    def note(self) -> str:
+        return f"recurred after fix {self.fix_commit[:12]} in {self.release}"
+
+
+class FixFollowUp(BaseModel):
+    """How far the incident's change got after pr_opened."""
+
+    commit: str = Field(description="What must be in a release: the merge commit once known")
+    follow_until: datetime = Field(description="When the incident stops waiting for the next step")
+    merged_at: datetime | None = None
+    merged_by: str = Field(default="", description="Who told: webhook, poll, release")
+    deployed_release: str | None = None
+    deployed_at: datetime | None = None
+    hold_until: datetime | None = None
+    failed_release: str | None = None
+    stale_reports: int = Field(
+        default=0, description="Reports of the fingerprint from releases without the fix"
+    )
+    recurrences: int = Field(
+        default=0, description="Reports of the fingerprint from releases with the fix"
+    )
+    releases_seen: dict[str, bool] = Field(
+        default_factory=dict, description="Releases checked for the commit: whether they hold it"
+    )
+    releases_to_check: dict[str, int] = Field(
+        default_factory=dict,
+        description="Releases heard of and not checked yet, with the reports of the error on each",
+    )
 
 
 class ArtifactRef(BaseModel):
@@ -403,6 +516,10 @@ class IncidentStatus(BaseModel):
     recurrence_of: str | None = Field(
         default=None, description="The closed incident this run counts recurrences of"
     )
+    reopened_after: FixRecurrence | None = None
+    fix: FixFollowUp | None = Field(
+        default=None, description="After pr_opened: the change's way to merge and production"
+    )
     history: list[PhaseChange] = Field(default_factory=list)
 
     def digest(self, *, with_change: bool = False) -> IncidentStatus:
@@ -421,12 +538,16 @@ class IncidentStatus(BaseModel):
             diagnosis = diagnosis.model_copy(
                 update={"diagnosis": found, "usage": [], "attempts": [], "tool_calls": []}
             )
+        fix = self.fix
+        if fix is not None:
+            fix = fix.model_copy(update={"releases_seen": {}, "releases_to_check": {}})
         return self.model_copy(
             update={
                 "history": [],
                 "worktree": self.worktree if with_change else None,
                 "evidence": evidence,
                 "diagnosis": diagnosis,
+                "fix": fix,
             }
         )
 
@@ -498,6 +619,48 @@ class SuiteBeforeResult(BaseModel):
 
 class ProposeRequest(BaseModel):
     incident: IncidentStatus
+
+
+class WatchChangeRequest(BaseModel):
+    """Look at the incident's change every `poll_s` until it is merged or closed, for at most
+    `watch_s` (the fallback for a forge that sends no webhook, or one that was missed)."""
+
+    incident_id: str
+    service: str
+    proposal: Proposal
+    branch: str = Field(description="The service's branch the change must reach")
+    watch_s: int = Field(ge=1)
+    poll_s: int = Field(ge=1)
+
+
+class ChangeState(BaseModel):
+    state: Literal["open", "merged", "closed"]
+    merge_commit: str | None = None
+
+
+class ReleaseCheckRequest(BaseModel):
+    """Whether the service's `release` contains `commit` (git merge-base --is-ancestor)."""
+
+    service: str
+    release: str = Field(min_length=1, max_length=RELEASE_MAX_LENGTH)
+    commit: str
+
+
+class ReleaseCheck(BaseModel):
+    contains: bool | None = Field(description="None: the release is no commit of the repository")
+    release_commit: str | None = None
+    detail: str = ""
+
+
+class FixCommentRequest(BaseModel):
+    """Tell the change's reviewers that its fix did not hold (once per failed release)."""
+
+    incident: IncidentStatus
+
+
+class FixCommentResult(BaseModel):
+    created: bool = Field(description="False: an earlier attempt already left this comment")
+    url: str | None = Field(default=None, description="The comment (GitHub) or the note's file")
 
 
 # ---------------------------------------------------------------------------- code index (issue 3)
@@ -710,3 +873,7 @@ class IssueResult(BaseModel):
     number: int | None = None
     url: str | None = None
     reason: str | None = Field(default=None, description="Why no issue was opened")
+
+
+# IncidentStart carries an IncidentStatus (a follow-up continued as new), defined after it.
+IncidentStart.model_rebuild()

@@ -26,6 +26,12 @@ ACTIVITY_OPEN_ISSUE = "open_issue"
 ACTIVITY_PROPOSE_CHANGE = "propose_change"
 ACTIVITY_OPEN_PULL_REQUEST = "open_pull_request"
 ACTIVITY_RECORD_INCIDENT = "record_incident"
+# Following a change after pr_opened (issue 13).
+ACTIVITY_WATCH_BRANCH = "watch_branch"
+ACTIVITY_WATCH_PULL_REQUEST = "watch_pull_request"
+ACTIVITY_RELEASE_CONTAINS = "release_contains"
+ACTIVITY_NOTE_ON_CHANGE = "note_on_change"
+ACTIVITY_COMMENT_ON_PULL_REQUEST = "comment_on_pull_request"
 # Standalone activities the CLI starts on the index task queue (`remedy search`, `remedy index`).
 ACTIVITY_SEARCH_INDEX = "search_index"
 ACTIVITY_INDEX_ON_REQUEST = "index_on_request"
@@ -36,6 +42,8 @@ SA_SEVERITY = SearchAttributeKey.for_keyword("RemedySeverity")
 SA_ERROR_TYPE = SearchAttributeKey.for_keyword("RemedyErrorType")
 SA_FINGERPRINT = SearchAttributeKey.for_keyword("RemedyFingerprint")
 SA_OCCURRENCES = SearchAttributeKey.for_int("RemedyOccurrences")
+# When the incident's change was opened: `remedy stats` measures time to a PR from it.
+SA_PR_OPENED_AT = SearchAttributeKey.for_datetime("RemedyPrOpenedAt")
 SEARCH_ATTRIBUTES = (
     SA_SERVICE,
     SA_PHASE,
@@ -43,7 +51,14 @@ SEARCH_ATTRIBUTES = (
     SA_ERROR_TYPE,
     SA_FINGERPRINT,
     SA_OCCURRENCES,
+    SA_PR_OPENED_AT,
 )
+
+# Memo keys of an incident run. A recurrence run (it only counts reports of an incident that
+# had closed, starter/reporter.py) names that incident; a run continued as new while it follows
+# its change names the incident it continues (workflows/incident.py).
+MEMO_RECURRENCE_OF = "recurrence_of"
+MEMO_INCIDENT_ID = "incident_id"
 
 SERVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _INCIDENT_ID = re.compile(
@@ -70,6 +85,14 @@ def run_tag(run_id: str) -> str:
 
 def branch_for(incident_id: str) -> str:
     return f"{BRANCH_PREFIX}{incident_id}"
+
+
+def incident_of_branch(branch: str) -> str | None:
+    """The incident id a `remedy/<incident>` branch was opened for; None for other branches."""
+    if not branch.startswith(BRANCH_PREFIX):
+        return None
+    incident_id = branch.removeprefix(BRANCH_PREFIX)
+    return incident_id if _INCIDENT_ID.match(incident_id) else None
 
 
 def parse_incident_id(incident_id: str) -> tuple[str, str | None]:

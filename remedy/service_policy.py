@@ -52,3 +52,22 @@ class ServicePolicy(BaseModel):
         description="After a terminal phase the incident keeps absorbing occurrences until it has "
         "been quiet this long; only then can the same fingerprint open a new incident",
     )
+    hold_window_s: int = Field(
+        default=7 * 86_400,
+        ge=1,
+        description="A deployed fix holds when no report of the fingerprint comes from a release "
+        "with the fix for this long (limits.hold_window_s)",
+    )
+    follow_fix_s: int = Field(
+        default=30 * 86_400,
+        ge=0,
+        description="How long an opened change is followed to its merge, and a merged one to its "
+        "deploy, before the incident stops following it; 0: it ends at pr_opened "
+        "(limits.follow_fix_s)",
+    )
+    change_poll_s: int = Field(
+        default=900,
+        ge=1,
+        description="How often the forge is asked about the change, besides its webhook "
+        "(limits.change_poll_s)",
+    )

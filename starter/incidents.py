@@ -65,7 +65,9 @@ async def find_incident(
         if err.status != RPCStatusCode.NOT_FOUND:
             raise
     else:
-        if run is None or names.run_tag(latest.run_id) == run:
+        # A run continued as new while following its change is the same incident.
+        continues = await latest.memo_value(names.MEMO_INCIDENT_ID, default="")
+        if run is None or names.run_tag(latest.run_id) == run or continues == incident_id:
             return client.get_workflow_handle_for(
                 IncidentWorkflow.run, workflow_id, run_id=latest.run_id
             )

@@ -16,9 +16,6 @@ from remedy.stats import RUNNING, IncidentRun, IncidentStats, incident_stats
 from remedy.temporal import TemporalUnreachable
 
 QUERY = "WorkflowType = 'IncidentWorkflow'"
-# The memo keys the intake and the workflow write (starter/reporter.py, workflows/incident.py).
-MEMO_RECURRENCE_OF = "recurrence_of"
-MEMO_INCIDENT_ID = "incident_id"
 # The whole listing, all pages: past it the command says so in one line.
 LIST_TIMEOUT_S = 30.0
 _RPC_TIMEOUT = timedelta(seconds=10)
@@ -46,8 +43,8 @@ async def incident_runs(client: Client, *, service: str | None = None) -> list[I
                 status=execution.status.name.lower() if execution.status else RUNNING,
                 first_run_id=execution.raw_info.first_run_id,
                 pr_opened_at=attributes.get(names.SA_PR_OPENED_AT),
-                recurrence_of=str(await execution.memo_value(MEMO_RECURRENCE_OF, "") or ""),
-                continues=str(await execution.memo_value(MEMO_INCIDENT_ID, "") or ""),
+                recurrence_of=str(await execution.memo_value(names.MEMO_RECURRENCE_OF, "") or ""),
+                continues=str(await execution.memo_value(names.MEMO_INCIDENT_ID, "") or ""),
             )
         )
     return runs

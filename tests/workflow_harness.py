@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -16,7 +16,9 @@ from temporalio.exceptions import ApplicationError
 
 from remedy import names
 from remedy.models import (
+    FOLLOWING_PHASES,
     TERMINAL_PHASES,
+    ChangeState,
     DiagnoseRequest,
     Diagnosis,
     DiagnosisResult,
@@ -24,6 +26,8 @@ from remedy.models import (
     ErrorEvent,
     ErrorInfo,
     Evidence,
+    FixCommentRequest,
+    FixCommentResult,
     Frame,
     FrameEvidence,
     IncidentStart,
@@ -47,12 +51,15 @@ from remedy.models import (
     RelatedCode,
     RelatedRequest,
     RelatedResult,
+    ReleaseCheck,
+    ReleaseCheckRequest,
     SuiteBeforeRequest,
     SuiteBeforeResult,
     SuspectCommit,
     SyncRequest,
     VerificationResult,
     VerifyRequest,
+    WatchChangeRequest,
     Worktree,
 )
 from remedy.render import temporal_ui
@@ -73,6 +80,9 @@ def make_start(
     notify_only: bool = False,
     allowed_paths: Sequence[str] = ("app/**",),
     forbidden_paths: Sequence[str] = ("**/auth/**",),
+    follow_fix_s: int = 0,
+    hold_window_s: int = 7 * 86_400,
+    forge: Literal["local", "github"] = "local",
 ) -> IncidentStart:
     return IncidentStart(
         service=service,
@@ -91,7 +101,10 @@ def make_start(
             forbidden_paths=list(forbidden_paths),
             approval_timeout_s=approval_timeout_s,
             quiet_window_s=quiet_window_s,
+            follow_fix_s=follow_fix_s,
+            hold_window_s=hold_window_s,
         ),
+        forge=forge,
         ui_base_url="http://127.0.0.1:8233/namespaces/default",
     )
 
@@ -125,6 +138,13 @@ class FakeActivities:
     proposals: list[ProposeRequest] = field(default_factory=list)
     notifications: list[tuple[str, Phase]] = field(default_factory=list)
     recorded: list[RecordIncidentRequest] = field(default_factory=list)
+    # After pr_opened: releases that hold any fix, what the forge's watch answers in turn
+    # (none left: it watches until cancelled), and what was said on the change.
+    releases_with_fix: set[str] = field(default_factory=set)
+    release_checks: list[ReleaseCheckRequest] = field(default_factory=list)
+    change_states: list[ChangeState] = field(default_factory=list)
+    watches: list[WatchChangeRequest] = field(default_factory=list)
+    comments: list[FixCommentRequest] = field(default_factory=list)
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -249,7 +269,50 @@ class FakeActivities:
             self._count("open_issue")
             return IssueResult(opened=False, reason="no issue for this severity")
 
+        @activity.defn(name=names.ACTIVITY_RELEASE_CONTAINS)
+        async def release_contains(request: ReleaseCheckRequest) -> ReleaseCheck:
+            self._count("release_contains")
+            self.release_checks.append(request)
+            return ReleaseCheck(
+                contains=request.release in self.releases_with_fix, release_commit="d" * 40
+            )
+
+        async def watch(request: WatchChangeRequest) -> ChangeState:
+            self.watches.append(request)
+            if self.change_states:
+                return self.change_states.pop(0)
+            while True:  # until the workflow cancels it
+                activity.heartbeat()
+                await asyncio.sleep(0.1)
+
+        @activity.defn(name=names.ACTIVITY_WATCH_BRANCH)
+        async def watch_branch(request: WatchChangeRequest) -> ChangeState:
+            self._count("watch_branch")
+            return await watch(request)
+
+        @activity.defn(name=names.ACTIVITY_WATCH_PULL_REQUEST)
+        async def watch_pull_request(request: WatchChangeRequest) -> ChangeState:
+            self._count("watch_pull_request")
+            return await watch(request)
+
+        @activity.defn(name=names.ACTIVITY_NOTE_ON_CHANGE)
+        async def note_on_change(request: FixCommentRequest) -> FixCommentResult:
+            self._count("note_on_change")
+            self.comments.append(request)
+            return FixCommentResult(created=True)
+
+        @activity.defn(name=names.ACTIVITY_COMMENT_ON_PULL_REQUEST)
+        async def comment_on_pull_request(request: FixCommentRequest) -> FixCommentResult:
+            self._count("comment_on_pull_request")
+            self.comments.append(request)
+            return FixCommentResult(created=True, url="http://github.test/pull/1#comment")
+
         return [
+            release_contains,
+            watch_branch,
+            watch_pull_request,
+            note_on_change,
+            comment_on_pull_request,
             sync_repo,
             investigate,
             diagnose,
@@ -356,7 +419,7 @@ async def until_phase(
         if status is not None:
             if status.phase in phases:
                 return status
-            if status.phase in TERMINAL_PHASES:
+            if status.phase in TERMINAL_PHASES - FOLLOWING_PHASES:
                 raise AssertionError(f"incident ended {status.phase}: {status.reason}")
             phase = status.phase
             progress = (status.phase, len(status.history))

@@ -2,7 +2,9 @@
 
 received -> syncing -> investigating -> diagnosing -> patching -> verifying
 -> awaiting_approval -> opening_pr -> pr_opened, or a terminal phase on the way
-(triaged, notified, rejected, expired, rate_limited, failed).
+(triaged, notified, rejected, expired, rate_limited, failed). After pr_opened it follows the
+change: fix_merged -> fix_deployed -> fix_held, or fix_failed (a new incident opens, linked),
+or fix_abandoned.
 
 The workflow only orchestrates and keeps state. Activities are called by method reference
 (`execute_activity_method`), so mypy checks every request and result type; each definition
@@ -17,11 +19,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar, overload
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.common import (
+    RetryPolicy,
+    SearchAttributePair,
+    SearchAttributeUpdate,
+    TypedSearchAttributes,
+)
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
@@ -34,13 +41,20 @@ with workflow.unsafe.imports_passed_through():
     from activities.slack import SlackActivities
     from remedy import assurance, names, policy
     from remedy.models import (
+        FOLLOWING_PHASES,
         ApprovalRequest,
+        ChangeSignal,
+        ChangeState,
         DecideRequest,
         DecideResult,
         Decision,
+        DeploySignal,
         DiagnoseRequest,
         Evidence,
         FixAttempt,
+        FixCommentRequest,
+        FixFollowUp,
+        FixRecurrence,
         FullIndexRequest,
         IncidentStart,
         IncidentStatus,
@@ -58,9 +72,11 @@ with workflow.unsafe.imports_passed_through():
         RegressionTestRequest,
         RelatedRequest,
         RelatedResult,
+        ReleaseCheckRequest,
         SuiteBeforeRequest,
         SyncRequest,
         VerifyRequest,
+        WatchChangeRequest,
         Worktree,
     )
     from remedy.render import temporal_ui
@@ -97,6 +113,18 @@ _PATCH_REPAIR_LOOP = "repair-loop"
 # finds it finished instead of running it first (the first incident on a commit).
 _PATCH_SUITE_BEFORE_EARLY = "suite-before-early"
 
+# After pr_opened the run stays open and follows the change to merge, deploy and a quiet hold
+# window (issue 13); runs from before it close at pr_opened.
+_PATCH_FOLLOW_FIX = "follow-fix"
+
+# Distinct releases one incident checks for its fix; beyond it, reports only count (an
+# authenticated service could still name a new release in every report).
+_MAX_RELEASES_CHECKED = 200
+# The forge is watched by an activity that asks every change_poll_s; it returns after this
+# long so the workflow's history grows by a few events per watch, not per poll.
+_WATCH_SPAN = timedelta(hours=6)
+_WATCHER_ALIVE = timedelta(minutes=1)
+
 _DEFAULT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
     backoff_coefficient=2.0,
@@ -121,6 +149,7 @@ class IncidentWorkflow:
         now = workflow.now()
         self._start = start
         self._suite_before: asyncio.Task[None] | None = None
+        self._change: ChangeSignal | None = None
         incident_id = names.incident_id_for(start.service, start.fingerprint, info.run_id)
         ui_url = (
             names.ui_run_url(start.ui_base_url, info.workflow_id, info.run_id)
@@ -143,6 +172,11 @@ class IncidentWorkflow:
             ui_url=ui_url,
             history=[PhaseChange(phase=Phase.RECEIVED, at=now)],
         )
+        if start.follow_up is not None:
+            # The same incident, continued as new while it follows its change.
+            self._status = start.follow_up
+        if start.reopened_after is not None:
+            self._status.reopened_after = start.reopened_after
         if start.recurrence_of is not None:
             earlier = start.recurrence_of
             self._status.recurrence_of = earlier.incident_id
@@ -164,7 +198,39 @@ class IncidentWorkflow:
         workflow.upsert_search_attributes(
             [names.SA_OCCURRENCES.value_set(self._status.occurrences)]
         )
+        for release, count in signal.releases.items():
+            self._hear_of_release(release, count)
         self._show_details()
+
+    @workflow.signal(name="change")
+    def change(self, signal: ChangeSignal) -> None:
+        """The forge says the change was merged or closed (the GitHub webhook)."""
+        self._change = signal
+
+    @workflow.signal(name="deployed")
+    def deployed(self, signal: DeploySignal) -> None:
+        """A release of the service runs now; whether it holds the fix is checked in run."""
+        self._hear_of_release(signal.release, 0)
+
+    def _hear_of_release(self, release: str, reports: int) -> None:
+        """A release the service runs, with `reports` of the error from it: counted at once
+        when it was checked already, else queued for _follow_change to check."""
+        fix = self._status.fix
+        if fix is None or self._status.phase not in FOLLOWING_PHASES:
+            return
+        if release in fix.releases_seen:
+            if fix.releases_seen[release]:
+                fix.recurrences += reports
+                if reports and fix.failed_release is None:
+                    fix.failed_release = release
+            else:
+                fix.stale_reports += reports
+        elif release in fix.releases_to_check:
+            fix.releases_to_check[release] += reports
+        elif len(fix.releases_seen) + len(fix.releases_to_check) < _MAX_RELEASES_CHECKED:
+            fix.releases_to_check[release] = reports
+        else:
+            fix.stale_reports += reports
 
     @workflow.update(name="decide")
     def decide(self, request: DecideRequest) -> DecideResult:
@@ -191,6 +257,10 @@ class IncidentWorkflow:
     @workflow.run
     async def run(self, start: IncidentStart) -> IncidentStatus:
         self._upsert_search_attributes()
+        if start.follow_up is not None:
+            await self._follow_change()
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            return self._status
         if start.recurrence_of is not None:
             # The incident already reached its outcome: this run only counts the reports
             # that keep coming, until a quiet window passes.
@@ -209,6 +279,10 @@ class IncidentWorkflow:
                 await self._settle_suite_before()
         await self._notify()
         await self._remember()
+        if self._status.phase == Phase.PR_OPENED and workflow.patched(_PATCH_FOLLOW_FIX):
+            workflow.upsert_search_attributes([names.SA_PR_OPENED_AT.value_set(workflow.now())])
+            if start.policy.follow_fix_s > 0:
+                await self._follow_change()
         if workflow.patched(_PATCH_CLOSE_AT_OUTCOME):
             await workflow.wait_condition(workflow.all_handlers_finished)
             if self._status.phase == Phase.FAILED:
@@ -275,6 +349,10 @@ class IncidentWorkflow:
                 )
             if not indexed.complete and workflow.patched(_PATCH_EVIDENCE_FIRST_INDEX):
                 await self._complete_index(index_request)
+        if start.reopened_after is not None:
+            # The reviewer and the model both read first that a fix was tried and failed.
+            note = start.reopened_after.note()
+            evidence = evidence.model_copy(update={"summary": f"{note}. {evidence.summary}"})
         status.evidence = evidence
         await self._open_issue()
 
@@ -506,6 +584,243 @@ class IncidentWorkflow:
                 static_summary=f"full index of {worktree.service} at {worktree.commit[:12]}",
             )
 
+    # ------------------------------------------------------------------ after pr_opened
+
+    async def _follow_change(self) -> None:
+        """Follow the opened change to its merge, a release that contains it and a quiet hold
+        window; or to fix_failed (a new incident continues this workflow), fix_abandoned, or
+        the end of follow_fix_s. Only signals and timers wake it; the forge is asked by a
+        long watch activity, a few history events per _WATCH_SPAN."""
+        status = self._status
+        if status.fix is None:
+            assert status.proposal is not None  # pr_opened has one
+            status.fix = FixFollowUp(commit=status.proposal.commit, follow_until=self._follow_for())
+        fix = status.fix
+        watch: asyncio.Task[ChangeState] | None = None
+        watching = True
+        try:
+            while status.phase in FOLLOWING_PHASES:
+                phase = status.phase
+                await self._check_releases(fix)
+                if self._change is not None:
+                    self._apply_change(self._change)
+                    self._change = None
+                if watch is not None and watch.done():
+                    watching = self._apply_watch(watch)
+                    watch = None
+                if status.phase != Phase.PR_OPENED and watch is not None:
+                    await _cancel(watch)  # merged: nothing more to ask the forge
+                    watch = None
+                if status.phase != phase:
+                    await self._notify()
+                if fix.failed_release is not None:
+                    await self._fix_failed(fix)  # continues as new: a new incident
+                if status.phase not in FOLLOWING_PHASES:
+                    return
+                if status.phase == Phase.PR_OPENED and watch is None and watching:
+                    watch = asyncio.create_task(self._watch_change())
+                if workflow.info().is_continue_as_new_suggested():
+                    await self._continue_following(watch)
+                deadline = fix.hold_until if status.phase == Phase.FIX_DEPLOYED else None
+                deadline = deadline or fix.follow_until
+                if workflow.now() >= deadline:
+                    await self._stop_following(fix)
+                    return
+                await self._wait_for_news(fix, watch, deadline)
+        finally:
+            if watch is not None:
+                await _cancel(watch)
+
+    def _follow_for(self) -> datetime:
+        return workflow.now() + timedelta(seconds=self._start.policy.follow_fix_s)
+
+    async def _wait_for_news(
+        self, fix: FixFollowUp, watch: asyncio.Task[ChangeState] | None, deadline: datetime
+    ) -> None:
+        def news() -> bool:
+            return (
+                self._change is not None
+                or bool(fix.releases_to_check)
+                or fix.failed_release is not None
+                or (watch is not None and watch.done())
+                or workflow.info().is_continue_as_new_suggested()
+            )
+
+        waiting = deadline - workflow.now()
+        what = "hold window" if self._status.phase == Phase.FIX_DEPLOYED else "following the fix"
+        with contextlib.suppress(TimeoutError):
+            await workflow.wait_condition(
+                news, timeout=waiting, timeout_summary=temporal_ui.wait_summary(what, waiting)
+            )
+
+    async def _watch_change(self) -> ChangeState:
+        """Ask the forge until the change is merged or closed, for one _WATCH_SPAN."""
+        status = self._status
+        assert status.proposal is not None
+        watcher = (
+            GitHubActivities.watch_pull_request
+            if self._start.forge == "github"
+            else LocalForge.watch_branch
+        )
+        return await workflow.execute_activity_method(
+            watcher,
+            WatchChangeRequest(
+                incident_id=status.incident_id,
+                service=status.service,
+                proposal=status.proposal,
+                branch=status.worktree.branch if status.worktree else "",
+                watch_s=int(_WATCH_SPAN.total_seconds()),
+                poll_s=self._start.policy.change_poll_s,
+            ),
+            start_to_close_timeout=_WATCH_SPAN + timedelta(minutes=10),
+            # Beats are throttled to most of this: days of watching cost few calls.
+            heartbeat_timeout=_WATCHER_ALIVE,
+            retry_policy=_SIDE_CHANNEL_RETRY,
+            summary=temporal_ui.step_summary(watcher.__name__, status),
+        )
+
+    def _apply_watch(self, watch: asyncio.Task[ChangeState]) -> bool:
+        """The watch's answer as a change; False when the forge cannot be watched (the webhook
+        and the releases still move the incident)."""
+        try:
+            state = watch.result()
+        except ActivityError as err:
+            workflow.logger.warning(
+                "watching the change of %s failed: %s", self._status.incident_id, err.cause
+            )
+            return False
+        if state.state != "open":
+            self._apply_change(
+                ChangeSignal(state=state.state, merge_commit=state.merge_commit, source="poll")
+            )
+        return True
+
+    def _apply_change(self, change: ChangeSignal) -> None:
+        """Merged or closed, once: a late webhook after the poll (or a release) changes nothing."""
+        fix = self._status.fix
+        if fix is None or self._status.phase != Phase.PR_OPENED:
+            return
+        if change.state == "closed":
+            self._finish(
+                Phase.FIX_ABANDONED, f"the change was closed without a merge ({change.source})"
+            )
+            return
+        fix.merged_at = workflow.now()
+        fix.merged_by = change.source
+        if change.merge_commit is not None and change.merge_commit != fix.commit:
+            # A squash or rebase merge: releases hold this commit, not the branch's.
+            fix.commit = change.merge_commit
+            fix.releases_seen.clear()
+        fix.follow_until = self._follow_for()
+        self._finish(Phase.FIX_MERGED, f"merged as {fix.commit[:12]} ({change.source})")
+
+    async def _check_releases(self, fix: FixFollowUp) -> None:
+        """Whether each release heard of holds the fix: the first that does deploys it; a
+        report of the error from one fails it; reports from the others are stale."""
+        while fix.releases_to_check and fix.failed_release is None:
+            release = next(iter(fix.releases_to_check))
+            checked = await self._optional(
+                GitActivities.release_contains,
+                ReleaseCheckRequest(
+                    service=self._status.service, release=release, commit=fix.commit
+                ),
+                timeout=timedelta(minutes=10),
+            )
+            # Reports that came in while git looked count too.
+            reports = fix.releases_to_check.pop(release)
+            contains = checked is not None and checked.contains is True
+            if checked is not None:
+                fix.releases_seen[release] = contains
+            if not contains:
+                fix.stale_reports += reports
+                continue
+            if self._status.phase in (Phase.PR_OPENED, Phase.FIX_MERGED):
+                self._deploy(fix, release)
+            fix.recurrences += reports
+            if reports:
+                fix.failed_release = release
+
+    def _deploy(self, fix: FixFollowUp, release: str) -> None:
+        now = workflow.now()
+        if fix.merged_at is None:
+            fix.merged_at, fix.merged_by = now, "release"
+        fix.deployed_release, fix.deployed_at = release, now
+        fix.hold_until = now + timedelta(seconds=self._start.policy.hold_window_s)
+        self._finish(Phase.FIX_DEPLOYED, f"{release} runs fix {fix.commit[:12]}")
+
+    async def _stop_following(self, fix: FixFollowUp) -> None:
+        status = self._status
+        if status.phase == Phase.FIX_DEPLOYED:
+            window = _duration(self._start.policy.hold_window_s)
+            stale = f"; {fix.stale_reports} from releases without it" if fix.stale_reports else ""
+            self._finish(
+                Phase.FIX_HELD,
+                f"no report of the error from a release with fix {fix.commit[:12]} for "
+                f"{window}{stale}",
+            )
+        else:
+            waited = "a merge" if status.phase == Phase.PR_OPENED else "a release with the fix"
+            status.reason = (
+                f"stopped following the change after {_duration(self._start.policy.follow_fix_s)} "
+                f"without {waited}"
+            )
+            self._show_details()
+        await self._notify()
+        await self._remember()
+
+    async def _fix_failed(self, fix: FixFollowUp) -> None:
+        """The error came back from a release with the fix: say so on the change and in Slack,
+        then continue as a new incident that knows what was tried."""
+        status = self._status
+        release = fix.failed_release
+        assert release is not None
+        self._finish(
+            Phase.FIX_FAILED,
+            f"the error came back in {release}, which contains fix {fix.commit[:12]} "
+            f"({fix.recurrences} reports); a new incident opens",
+        )
+        await self._optional(
+            GitHubActivities.comment_on_pull_request
+            if self._start.forge == "github"
+            else LocalForge.note_on_change,
+            FixCommentRequest(incident=status.digest()),
+            timeout=timedelta(minutes=2),
+        )
+        await self._notify()
+        await self._remember()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        start = self._start
+        reopened = start.model_copy(
+            update={
+                "event": start.event.model_copy(update={"release": release}),
+                "occurrences": max(fix.recurrences, 1),
+                "reopened_after": FixRecurrence(
+                    incident_id=status.incident_id,
+                    fix_commit=fix.commit,
+                    release=release,
+                    pr_url=status.proposal.pr_url if status.proposal else None,
+                ),
+                "recurrence_of": None,
+                "follow_up": None,
+            }
+        )
+        workflow.continue_as_new(
+            reopened,
+            memo={names.MEMO_INCIDENT_ID: ""},
+            search_attributes=_first_search_attributes(reopened),
+        )
+
+    async def _continue_following(self, watch: asyncio.Task[ChangeState] | None) -> None:
+        """The same incident in a fresh run: weeks of following keep the history short."""
+        if watch is not None:
+            await _cancel(watch)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.continue_as_new(
+            self._start.model_copy(update={"follow_up": self._status}),
+            memo={names.MEMO_INCIDENT_ID: self._status.incident_id},
+            search_attributes=workflow.info().typed_search_attributes,
+        )
+
     # ------------------------------------------------------------------ side channels
 
     async def _notify(self, kind: str = "update") -> None:
@@ -695,6 +1010,37 @@ class IncidentWorkflow:
         changed = [update for update in current if held.get(update.key) != update.value]
         if changed:
             workflow.upsert_search_attributes(changed)
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ActivityError):
+        await task
+
+
+def _first_search_attributes(start: IncidentStart) -> TypedSearchAttributes:
+    """A new incident's attributes, as the intake starts one (starter/reporter.py)."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(names.SA_SERVICE, start.service),
+            SearchAttributePair(names.SA_PHASE, Phase.RECEIVED.value),
+            SearchAttributePair(names.SA_SEVERITY, start.severity.value),
+            SearchAttributePair(names.SA_ERROR_TYPE, start.event.error.type),
+            SearchAttributePair(names.SA_FINGERPRINT, start.fingerprint),
+            SearchAttributePair(names.SA_OCCURRENCES, start.occurrences),
+        ]
+    )
+
+
+def _duration(seconds: int) -> str:
+    days, rest = divmod(seconds, 86_400)
+    if days and not rest:
+        return f"{days} d"
+    hours, rest = divmod(seconds, 3600)
+    if hours and not rest:
+        return f"{hours} h"
+    return f"{seconds} s"
 
 
 def _failure_reason(failed: FixAttempt, tries: int) -> str:

@@ -245,6 +245,19 @@ def resolve_commit(repo: Path, rev: str, *, on_wait: OnWait | None = None) -> st
     return sha if result.returncode == 0 and FULL_SHA.match(sha) else None
 
 
+def is_ancestor(repo: Path, commit: str, descendant: str, *, on_wait: OnWait | None = None) -> bool:
+    """Whether `commit` is `descendant` or one of its ancestors in `repo`; both must name
+    commits there (resolve them first), else GitError."""
+    result = run_git(
+        ["-C", repo, "merge-base", "--is-ancestor", "--end-of-options", commit, descendant],
+        check=False,
+        on_wait=on_wait,
+    )
+    if result.returncode not in (0, 1):
+        raise GitError("merge-base", result.returncode, result.stderr)
+    return result.returncode == 0
+
+
 def application_error(error: GitError, what: str, fix: str) -> ApplicationError:
     """A failed git command as a Temporal failure: permanent ones stop the retries."""
     return ApplicationError(

@@ -28,6 +28,11 @@ _LABELS: dict[Phase, str] = {
     Phase.NOTIFIED: "Notified",
     Phase.RATE_LIMITED: "Rate limited",
     Phase.FAILED: "Failed",
+    Phase.FIX_MERGED: "Fix merged",
+    Phase.FIX_DEPLOYED: "Fix deployed",
+    Phase.FIX_HELD: "Fix held",
+    Phase.FIX_FAILED: "Fix failed",
+    Phase.FIX_ABANDONED: "Change closed unmerged",
 }
 _PUBLISHING: dict[Forge, dict[Phase, str]] = {
     "github": {Phase.OPENING_PR: "Opening pull request", Phase.PR_OPENED: "Pull request opened"},

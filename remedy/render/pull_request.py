@@ -1,22 +1,26 @@
-"""Forge text: the pull request's title and body, the commit message, the GitHub issue.
+"""Forge text: the pull request's title and body, the commit message, the GitHub issue, and
+the comment that tells a change's reviewers its fix did not hold.
 
 Functions from an incident to Markdown or plain text, shared by both forges (the local push
-stores the body beside the incident; GitHub opens it). Every untrusted string (error text,
-tracebacks, paths, commit subjects and authors, test output, model output) goes through
-remedy.render.sanitize: code or fenced in Markdown, defused in plain text, redacted in both.
+stores the body and the comments beside the incident; GitHub posts them). Every untrusted
+string (error text, tracebacks, paths, commit subjects and authors, test output, model output,
+release names) goes through remedy.render.sanitize: code or fenced in Markdown, defused in
+plain text, redacted in both.
 """
 
 from __future__ import annotations
 
+import hashlib
 import textwrap
 
 from remedy.assurance import FIX_FAILURE_TEXT, headline
-from remedy.models import IncidentStatus
+from remedy.models import FixFollowUp, IncidentStatus
 from remedy.redact import redact_diff, redact_markdown
 from remedy.render.sanitize import code, fenced, inline, own_link, plain
 
 INCIDENT_TRAILER = "Remedy-Incident"
 FINGERPRINT_MARKER = "remedy-fingerprint"
+FIX_FAILED_MARKER = "remedy:fix-failed"
 MAX_TITLE_CHARS = 72
 MAX_ISSUE_TITLE_CHARS = 120
 MAX_BODY_DIFF_LINES = 200
@@ -225,4 +229,45 @@ def issue_body(incident: IncidentStatus, raw_error: str) -> str:
         label = f"Incident {incident.incident_id} in the Temporal UI"
         lines += ["", own_link(incident.ui_url, label)]
     lines += ["", issue_marker(incident)]
+    return redact_markdown("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------- the fix that failed
+
+
+def _failed_fix(incident: IncidentStatus) -> tuple[FixFollowUp, str]:
+    fix = incident.fix
+    if fix is None or fix.failed_release is None:
+        raise ValueError(f"incident {incident.incident_id} has no failed fix to tell about")
+    return fix, fix.failed_release
+
+
+def fix_failed_marker(incident: IncidentStatus) -> str:
+    """The hidden line that finds the comment on this incident's failed release again.
+
+    The release is named by a hash: it is untrusted text, which inside an HTML comment could
+    end the comment early, and which redaction could change between posting and looking."""
+    release = _failed_fix(incident)[1]
+    digest = hashlib.sha256(release.encode("utf-8")).hexdigest()[:16]
+    return f"<!-- {FIX_FAILED_MARKER} {incident.incident_id} {digest} -->"
+
+
+def fix_failed_comment(incident: IncidentStatus) -> str:
+    """The comment on the change once its fix did not hold: the release the error came back
+    in, the fix that release contains, how many reports, and that a new incident opened."""
+    fix, release = _failed_fix(incident)
+    lines = [
+        "**This fix did not hold.**",
+        "",
+        f"The error came back in release {code(release)}, which contains fix "
+        f"{code(fix.commit[:12])}: {fix.recurrences} report(s) from releases with the fix.",
+        "",
+        fenced(f"{incident.error_type}: {incident.error_message}"),
+        "",
+        "Remedy opened a new incident for the error; its diagnosis starts from what this "
+        "change tried.",
+    ]
+    if incident.ui_url:
+        lines += ["", own_link(incident.ui_url, "This incident in the Temporal UI")]
+    lines += ["", fix_failed_marker(incident)]
     return redact_markdown("\n".join(lines) + "\n")

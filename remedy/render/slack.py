@@ -58,6 +58,15 @@ _ENDED_WITH_REASON = (
     Phase.EXPIRED,
 )
 
+# After pr_opened: how far the change got, each with the workflow's reason.
+_FIX_ICONS = {
+    Phase.FIX_MERGED: ":twisted_rightwards_arrows:",
+    Phase.FIX_DEPLOYED: ":rocket:",
+    Phase.FIX_HELD: ":white_check_mark:",
+    Phase.FIX_FAILED: ":rotating_light:",
+    Phase.FIX_ABANDONED: ":wastebasket:",
+}
+
 # Slack user ids (U...) and Enterprise Grid ids (W...); anything else is not mentionable.
 _SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{6,}$")
 
@@ -307,6 +316,8 @@ def status_line(
             )
         case phase if phase in _ENDED_WITH_REASON:
             return f"*{_phase(incident, forge)}*: {reason}"
+        case phase if phase in _FIX_ICONS:
+            return f"{_FIX_ICONS[phase]} *{_phase(incident, forge)}*: {reason}"
         case _:
             return f":mag: {_phase(incident, forge)}…"
 

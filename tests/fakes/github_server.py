@@ -1,15 +1,20 @@
 """A loopback GitHub: the REST endpoints Remedy uses, for the real PyGithub client.
 
-Repositories hold real-looking git data (blobs, trees, commits, refs), pull requests, issues
-and labels. Every `url` field points back at this server's host and port, because PyGithub
-refuses to follow a URL to another host. Auth is a bearer token, or a GitHub App: a JWT signed
-with the App's private key buys an installation token.
+Repositories hold real-looking git data (blobs, trees, commits, refs), pull requests, issues,
+their comments and labels. Every `url` field points back at this server's host and port,
+because PyGithub refuses to follow a URL to another host. Auth is a bearer token, or a GitHub
+App: a JWT signed with the App's private key buys an installation token.
+
+Pull requests are listed as GitHub lists them: `merged_at`, `merge_commit_sha` and `state` in
+the listing, `merged` only when one is read by number (null `merge_commit_sha` until merged,
+where GitHub would show a test merge). Tests merge and close them as a person would
+(`merge_pull`, `close_pull`).
 
 Faults are keyed "METHOD route", e.g. `fail("POST git/refs", "drop")` or
 `fail("POST pulls", "respond", status=502)`; routes: repo, git/ref, git/refs, git/commits,
-git/trees, git/blobs, pulls, issues, labels, installation, access_tokens. `hide` makes a lookup
-answer 404 (or an empty list) once. It runs on its own event loop in a thread
-(tests/fakes/loopback_thread.py).
+git/trees, git/blobs, pulls, issues, issues/comments, labels, installation, access_tokens.
+`hide` makes a lookup answer 404 (or an empty list) once. It runs on its own event loop in a
+thread (tests/fakes/loopback_thread.py).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class _Repo:
         self.objects: dict[str, dict[str, Any]] = {}
         self.refs: dict[str, str] = {}
         self.issues: list[dict[str, Any]] = []
+        self.comments: dict[int, list[dict[str, Any]]] = {}
 
     @property
     def full_name(self) -> str:
@@ -101,6 +107,38 @@ class GitHubServer(LoopbackServer):
             sha = self._commit(repo, "a human's change", tree, [parent])
             repo.refs[f"refs/heads/{branch}"] = sha
             return sha
+
+    def merge_pull(self, full_name: str, number: int, *, delete_branch: bool = False) -> str:
+        """Merge pull request `number` as GitHub's merge button does: a merge commit on the base
+        branch (with the head's tree: the fake merges no content); return its sha."""
+        with self._lock:
+            repo = self.repos[full_name]
+            issue = self._issue(repo, number)
+            assert issue is not None and "pull" in issue, f"no pull request #{number}"
+            pull = issue["pull"]
+            base_ref, head_ref = f"refs/heads/{pull['base']}", f"refs/heads/{pull['head']}"
+            head = repo.refs.get(head_ref, pull["head_sha"])
+            message = f"Merge pull request #{number} from {repo.owner}/{pull['head']}"
+            sha = self._commit(
+                repo, message, repo.objects[head]["tree"], [repo.refs[base_ref], head]
+            )
+            repo.refs[base_ref] = sha
+            issue["state"], issue["closed_at"] = "closed", _now()
+            pull.update(head_sha=head, merged_at=issue["closed_at"], merge_commit_sha=sha)
+            if delete_branch:
+                repo.refs.pop(head_ref, None)
+            return sha
+
+    def close_pull(self, full_name: str, number: int) -> None:
+        """Close pull request `number` unmerged."""
+        with self._lock:
+            issue = self._issue(self.repos[full_name], number)
+            assert issue is not None and "pull" in issue, f"no pull request #{number}"
+            issue["state"], issue["closed_at"] = "closed", _now()
+
+    def comments(self, full_name: str, number: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self.repos[full_name].comments.get(number, []))
 
     def pulls(self, full_name: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -177,7 +215,7 @@ class GitHubServer(LoopbackServer):
         return self._store(repo, "tree", {"entries": listed}, json.dumps(listed).encode())
 
     def _commit(self, repo: _Repo, message: str, tree: str, parents: list[str]) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        stamp = _now()
         body = {
             "message": message,
             "tree": tree,
@@ -267,6 +305,21 @@ class GitHubServer(LoopbackServer):
             shown["pull_request"] = {"url": self._url(f"/repos/{repo.full_name}/pulls/{number}")}
         return shown
 
+    def _comment_json(self, repo: _Repo, number: int, comment: dict[str, Any]) -> dict[str, Any]:
+        issue = self._issue(repo, number)
+        page = "pull" if issue is not None and "pull" in issue else "issues"
+        return {
+            **comment,
+            "node_id": f"IC_{comment['id']}",
+            "url": self._url(f"/repos/{repo.full_name}/issues/comments/{comment['id']}"),
+            "html_url": self._url(
+                f"/{repo.full_name}/{page}/{number}#issuecomment-{comment['id']}"
+            ),
+            "issue_url": self._url(f"/repos/{repo.full_name}/issues/{number}"),
+            "user": {"login": BOT_LOGIN, "id": 7, "url": self._url(f"/users/{BOT_LOGIN}")},
+            "author_association": "NONE",
+        }
+
     def _label_json(self, repo: _Repo, name: str) -> dict[str, Any]:
         return {
             "name": name,
@@ -274,17 +327,24 @@ class GitHubServer(LoopbackServer):
             "url": self._url(f"/repos/{repo.full_name}/labels/{name}"),
         }
 
-    def _pull_json(self, repo: _Repo, issue: dict[str, Any]) -> dict[str, Any]:
+    def _pull_json(
+        self, repo: _Repo, issue: dict[str, Any], *, listed: bool = False
+    ) -> dict[str, Any]:
         number = issue["number"]
         pull = issue["pull"]
         head_sha = repo.refs.get(f"refs/heads/{pull['head']}", pull["head_sha"])
+        merged_at = pull.get("merged_at")
+        # GitHub's listing leaves out `merged` (and mergeable, comments...); a read has it.
+        merged = {} if listed else {"merged": merged_at is not None}
         return {
             **self._issue_json(repo, issue),
             "url": self._url(f"/repos/{repo.full_name}/pulls/{number}"),
             "html_url": self._url(f"/{repo.full_name}/pull/{number}"),
             "issue_url": self._url(f"/repos/{repo.full_name}/issues/{number}"),
             "draft": pull["draft"],
-            "merged": False,
+            **merged,
+            "merged_at": merged_at,
+            "merge_commit_sha": pull.get("merge_commit_sha"),
             "head": {
                 "label": f"{repo.owner}:{pull['head']}",
                 "ref": pull["head"],
@@ -445,6 +505,8 @@ class GitHubServer(LoopbackServer):
             return self._pulls(repo, request, args, body, hidden)
         if route == "issues":
             return self._issues(repo, request, args, body, hidden)
+        if route == "issues/comments":
+            return self._comments(repo, request, args, body, hidden)
         if route == "labels":
             issue = self._issue(repo, int(args["number"]))
             if issue is None:
@@ -500,7 +562,7 @@ class GitHubServer(LoopbackServer):
         state = request.query.get("state", "open")
         head = request.query.get("head")
         listed = [
-            self._pull_json(repo, i)
+            self._pull_json(repo, i, listed=True)
             for i in repo.issues
             if "pull" in i
             and (state == "all" or i["state"] == state)
@@ -535,6 +597,30 @@ class GitHubServer(LoopbackServer):
             if (state == "all" or i["state"] == state) and wanted <= set(i["label_names"])
         ]
         return web.json_response([] if hidden else listed)
+
+    def _comments(
+        self, repo: _Repo, request: web.Request, args: dict[str, str], body: Any, hidden: bool
+    ) -> web.Response:
+        number = int(args["number"])
+        if self._issue(repo, number) is None:
+            return _error(404, "Not Found")
+        comments = repo.comments.setdefault(number, [])
+        if request.method == "POST":
+            stamp = _now()
+            comment = {
+                "id": next(self._ids),
+                "body": body["body"],
+                "created_at": stamp,
+                "updated_at": stamp,
+            }
+            comments.append(comment)
+            return web.json_response(self._comment_json(repo, number, comment), status=201)
+        listed = [self._comment_json(repo, number, c) for c in comments]
+        return web.json_response([] if hidden else listed)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _error(status: int, text: str, **error: str) -> web.Response:
@@ -571,5 +657,7 @@ def _route(method: str, path: str) -> tuple[str | None, dict[str, str]]:
     if rest[0] == "issues":
         if len(rest) == 3 and rest[2] == "labels":
             return "labels", {**args, "number": rest[1]}
+        if len(rest) == 3 and rest[2] == "comments" and rest[1].isdigit():
+            return "issues/comments", {**args, "number": rest[1]}
         return "issues", {**args, **({"number": rest[1]} if len(rest) > 1 else {})}
     return None, {}
