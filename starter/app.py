@@ -491,11 +491,15 @@ def create_app(
     app.add_exception_handler(HTTPProblem, _problem_response)
     app.include_router(router)
     mount_metrics(app)
-    from starter.otlp import router as otlp_router  # both build on this module's checks
+    # These build on this module's checks.
+    from starter.fix_intake import router as fix_router
+    from starter.otlp import router as otlp_router
     from starter.sentry import router as sentry_router
 
     app.include_router(sentry_router)
     app.include_router(otlp_router)
+    # A fix's way to production: POST /github/webhook, POST /v1/deploys.
+    app.include_router(fix_router)
     # Approve/Reject clicks arrive at POST /slack/events (or over Socket Mode).
     slack = mount_slack(app, config, lambda: app.state.client)
     return app

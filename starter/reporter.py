@@ -8,7 +8,10 @@ MAX_WAIT_INTERVALS intervals. Signals per incident are thus bounded in time (two
 at the default interval) and in share (1 % of reports from 40 reports/s up), and the
 workflow's count trails the accepted one by little more than that wait (2.5 s). It stays
 exact: a batch whose signal fails is kept and sent again, and a batch that finds the
-incident closed opens the next incident with that count.
+incident closed opens the next incident with that count. A batch also says how many of its
+reports named each release (`OccurrenceSignal.releases`), and the first report of a release
+this process sees tells the service's incidents that follow a change that it runs
+(starter/deploys.py), in the background.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -27,8 +31,16 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from remedy import names
-from remedy.models import IncidentStart, IntakeResponse, OccurrenceSignal, Phase, Recurrence
+from remedy.models import (
+    FIX_OUTCOMES,
+    IncidentStart,
+    IntakeResponse,
+    OccurrenceSignal,
+    Phase,
+    Recurrence,
+)
 from remedy.render import temporal_ui
+from starter.deploys import announce_release
 from workflows.incident import IncidentWorkflow
 
 log = logging.getLogger(__name__)
@@ -37,13 +49,19 @@ _IDLE_EVICT_S = 600.0
 # A look-up at a server that accepts the connection but does not answer gives up after this
 # (an unreachable one is retried by the client library: the intake bounds the whole report).
 _RPC_TIMEOUT = timedelta(seconds=3)
-# A recurrence run's memo names the incident it counts for, so every intake replica that
-# adopts the run answers with that incident's id.
-_MEMO_RECURRENCE_OF = "recurrence_of"
 _RETRY_DELAY_MAX_S = 10.0
 # A signal waits for this many reports, or for this many intervals since the last one.
 BATCH_REPORTS = 100
 MAX_WAIT_INTERVALS = 5
+# Distinct releases one batch counts; reports of further ones count only in `count` (a service
+# that names a new release per report must not grow the signal without bound).
+MAX_RELEASES_PER_BATCH = 50
+# (service, release) pairs this process has seen, oldest forgotten first: one forgotten and
+# seen again is announced again, which the incidents take as news they already had.
+RELEASES_REMEMBERED = 4096
+# Announcements in flight; a release first seen while this many are is announced by a later
+# report of it.
+MAX_ANNOUNCING = 8
 
 
 class Reporter(Protocol):
@@ -58,6 +76,8 @@ class _OpenIncident:
     start: IncidentStart
     confirmed: int
     pending: int = 0
+    # How many of the pending reports named each release (reports without one are not in it).
+    releases: dict[str, int] = field(default_factory=dict)
     last_report: float = field(default_factory=time.monotonic)
     # When Temporal last took this incident's count (the start, or a signal).
     last_delivered: float = field(default_factory=time.monotonic)
@@ -86,8 +106,14 @@ class TemporalReporter:
         self._locks: dict[str, asyncio.Lock] = {}
         self.temporal_calls = 0
         self.workflows_started = 0
+        self._releases_seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._announcing: set[asyncio.Task[None]] = set()
+        self.releases_announced = 0
 
     async def report(self, start: IncidentStart) -> IntakeResponse:
+        release = start.event.release
+        if release is not None and (start.service, release) not in self._releases_seen:
+            self._first_sight(start.service, release)
         workflow_id = names.workflow_id_for(start.service, start.fingerprint)
         incident = self._open.get(workflow_id)
         if incident is None:
@@ -100,16 +126,19 @@ class TemporalReporter:
                         # A recurrence run counts for the incident it follows.
                         recurring = incident.start.recurrence_of is not None
                         return self._response(incident, deduplicated=recurring)
-                    incident.pending += 1
+                    _add_pending(incident, release)
                     self._schedule_flush(incident)
                     return self._response(incident, deduplicated=True)
-        incident.pending += 1
+        _add_pending(incident, release)
         incident.last_report = time.monotonic()
         self._schedule_flush(incident)
         return self._response(incident, deduplicated=True)
 
     async def close(self) -> None:
         """Flush every pending batch (graceful shutdown loses no occurrence it can deliver)."""
+        for announcing in list(self._announcing):
+            announcing.cancel()
+        await asyncio.gather(*self._announcing, return_exceptions=True)
         for incident in list(self._open.values()):
             if incident.flusher is not None:
                 incident.flusher.cancel()
@@ -130,6 +159,31 @@ class TemporalReporter:
                     )
 
     # ------------------------------------------------------------------ internals
+
+    def _first_sight(self, service: str, release: str) -> None:
+        """Announce a release this process has not seen a report of, without the report
+        waiting for it or failing with it."""
+        if len(self._announcing) >= MAX_ANNOUNCING:
+            return
+        self._releases_seen[(service, release)] = None
+        if len(self._releases_seen) > RELEASES_REMEMBERED:
+            self._releases_seen.popitem(last=False)
+        task = asyncio.create_task(self._announce(service, release))
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    async def _announce(self, service: str, release: str) -> None:
+        try:
+            self.temporal_calls += 1
+            told = await announce_release(self._client, service, release, "report")
+        except Exception as exc:
+            # The release also reaches the incidents in their batches' counts; the next
+            # process to see it (or POST /v1/deploys) announces it again.
+            log.warning("could not announce release %r of %s: %s", release, service, exc)
+            return
+        self.releases_announced += 1
+        if told:
+            log.info("release %r of %s first reported: told %s", release, service, told)
 
     def _response(self, incident: _OpenIncident, *, deduplicated: bool) -> IntakeResponse:
         return IntakeResponse(
@@ -183,7 +237,12 @@ class TemporalReporter:
                 self.temporal_calls += 1
                 description = await existing.describe(rpc_timeout=_RPC_TIMEOUT)
         known = description.typed_search_attributes.get(names.SA_OCCURRENCES) or 0
-        counted_for = await description.memo_value(_MEMO_RECURRENCE_OF, default="")
+        # A recurrence run's memo names the incident it counts for, and so does a run
+        # continued as new while following its change: every intake replica that adopts the
+        # run answers with that incident's id.
+        counted_for = await description.memo_value(
+            names.MEMO_RECURRENCE_OF, default=""
+        ) or await description.memo_value(names.MEMO_INCIDENT_ID, default="")
         incident = self._track(
             workflow_id, description.run_id, start, confirmed=known, incident_id=counted_for
         )
@@ -204,7 +263,9 @@ class TemporalReporter:
             static_summary=temporal_ui.incident_summary(start),
             static_details=temporal_ui.incident_details(start),
             memo={
-                _MEMO_RECURRENCE_OF: start.recurrence_of.incident_id if start.recurrence_of else ""
+                names.MEMO_RECURRENCE_OF: start.recurrence_of.incident_id
+                if start.recurrence_of
+                else ""
             },
         )
         self.workflows_started += 1
@@ -279,6 +340,7 @@ class TemporalReporter:
 
     async def _deliver(self, incident: _OpenIncident) -> None:
         count = incident.pending
+        releases = dict(incident.releases)
         handle = self._client.get_workflow_handle_for(
             IncidentWorkflow.run, incident.workflow_id, run_id=incident.run_id
         )
@@ -286,13 +348,16 @@ class TemporalReporter:
             self.temporal_calls += 1
             # No short deadline here: a signal that timed out on our side may still have been
             # delivered, and sending the batch again would count it twice.
-            await handle.signal(IncidentWorkflow.occurrence, OccurrenceSignal(count=count))
+            await handle.signal(
+                IncidentWorkflow.occurrence, OccurrenceSignal(count=count, releases=releases)
+            )
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
             await self._reopen(incident)
             return
         incident.pending -= count
+        _take_releases(incident, releases)
         incident.confirmed += count
         incident.last_delivered = time.monotonic()
 
@@ -303,20 +368,50 @@ class TemporalReporter:
                 del self._open[closed.workflow_id]
             successor = self._open.get(closed.workflow_id)
             count = closed.pending
+            releases = dict(closed.releases)
             if successor is None:
                 successor, started = await self._open_incident(
                     closed.workflow_id, closed.start, count=count
                 )
                 closed.pending -= count
                 if started:
+                    # The new run's start holds these reports' count (and its own release).
                     count = 0
+                    _take_releases(closed, releases)
             else:
                 closed.pending -= count
             # Reports that reached the closed incident while this ran move over too.
             successor.pending += count + closed.pending
+            for release, reports in closed.releases.items():
+                _count_release(successor, release, reports)
             closed.pending = 0
+            closed.releases = {}
             if successor.pending:
                 self._schedule_flush(successor)
+
+
+def _add_pending(incident: _OpenIncident, release: str | None) -> None:
+    incident.pending += 1
+    if release is not None:
+        _count_release(incident, release, 1)
+
+
+def _count_release(incident: _OpenIncident, release: str, reports: int) -> None:
+    releases = incident.releases
+    if release in releases:
+        releases[release] += reports
+    elif len(releases) < MAX_RELEASES_PER_BATCH:
+        releases[release] = reports
+
+
+def _take_releases(incident: _OpenIncident, delivered: dict[str, int]) -> None:
+    """Take what a delivered batch counted per release off what is pending."""
+    for release, reports in delivered.items():
+        left = incident.releases.get(release, 0) - reports
+        if left > 0:
+            incident.releases[release] = left
+        else:
+            incident.releases.pop(release, None)
 
 
 async def _recurrence(
@@ -325,16 +420,23 @@ async def _recurrence(
     """The closed run the new reports recur after, if it closed at its outcome less than the
     service's quiet window ago. A recurrence run closes only once a quiet window has passed,
     so what follows it is a new incident."""
-    if await description.memo_value(_MEMO_RECURRENCE_OF, default=""):
+    if await description.memo_value(names.MEMO_RECURRENCE_OF, default=""):
+        return None
+    attributes = description.typed_search_attributes
+    phase = Phase(attributes.get(names.SA_PHASE) or Phase.FAILED.value)
+    if phase in FIX_OUTCOMES:
+        # The fix held, failed (a new incident took over) or was dropped: what comes now is
+        # a new incident, not more of that one.
         return None
     closed = description.close_time
     quiet = timedelta(seconds=start.policy.quiet_window_s)
     if closed is None or datetime.now(UTC) - closed >= quiet:
         return None
-    attributes = description.typed_search_attributes
+    continued = await description.memo_value(names.MEMO_INCIDENT_ID, default="")
     return Recurrence(
-        incident_id=names.incident_id_for(start.service, start.fingerprint, description.run_id),
-        phase=Phase(attributes.get(names.SA_PHASE) or Phase.FAILED.value),
+        incident_id=str(continued)
+        or names.incident_id_for(start.service, start.fingerprint, description.run_id),
+        phase=phase,
         occurrences=attributes.get(names.SA_OCCURRENCES) or 0,
     )
 
