@@ -205,6 +205,42 @@ def dsn(
         raise fail(str(exc)) from None
 
 
+@app.command()
+def deployed(
+    service: Annotated[str, typer.Argument(help="Service name (remedy.toml)")],
+    release: Annotated[str, typer.Argument(help="The release that now runs (commit sha or tag)")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: JsonOption = False,
+) -> None:
+    """Say that a release of the service now runs: its incidents that follow a change check
+    whether it holds their fix (what POST /v1/deploys does for a deploy pipeline)."""
+    from pydantic import ValidationError
+
+    from remedy.models import DeployRequest, DeployResponse
+    from starter.deploys import announce_release
+
+    loaded = load_or_exit(config)
+    if service not in loaded.services:
+        known = ", ".join(sorted(loaded.services)) or "none"
+        raise fail(f"{loaded.source}: no service {service!r} in [services] (known: {known})", 2)
+    try:
+        DeployRequest(service=service, release=release)
+    except ValidationError as exc:
+        raise fail(f"RELEASE {release!r}: {exc.errors()[0]['msg']}", 2) from None
+    told = run_with_temporal(
+        loaded, lambda client: announce_release(client, service, release, "deploy")
+    )
+    if as_json:
+        answer = DeployResponse(service=service, release=release, incidents=told)
+        typer.echo(answer.model_dump_json())
+    elif told:
+        typer.echo(f"told {len(told)} incident(s) of {service} that {release} runs:")
+        for incident in told:
+            typer.echo(f"  {incident}")
+    else:
+        typer.echo(f"no incident of {service} follows a change; nobody to tell of {release}")
+
+
 def _decide(
     config: Path, incident_id: str, decision: str, approver: str, reason: str | None
 ) -> None:
@@ -330,10 +366,12 @@ def demo(
 def _register_plugins() -> None:
     from starter.codec_server_cli import register as register_codec_server
     from starter.index_cli import register as register_index
+    from starter.stats_cli import register as register_stats
     from starter.watch_cli import register as register_watch
 
     register_index(app)
     register_watch(app)
+    register_stats(app)
     register_codec_server(app)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client, WorkflowUpdateFailedError
 
+from remedy import names
 from remedy.config import RemedyConfig, secret
 from remedy.models import TERMINAL_PHASES, IncidentStatus, Phase
 from remedy.render.terminal import render_status
@@ -254,6 +255,9 @@ async def _drive(
     return status
 
 
+_WATCHES = frozenset({names.ACTIVITY_WATCH_BRANCH, names.ACTIVITY_WATCH_PULL_REQUEST})
+
+
 async def _settle(client: Client, workflow_id: str, timeout_s: float = 10.0) -> None:
     """Let the outcome's last side effects (the Slack edit, the past-incident record) finish
     before a stack this demo started is stopped under them."""
@@ -261,7 +265,9 @@ async def _settle(client: Client, workflow_id: str, timeout_s: float = 10.0) -> 
     handle = client.get_workflow_handle(workflow_id)
     while time.monotonic() < deadline:
         description = await handle.describe()
-        if not description.raw_description.pending_activities:
+        pending = description.raw_description.pending_activities
+        # The forge's watch runs for as long as the change stays open.
+        if all(activity.activity_type.name in _WATCHES for activity in pending):
             return
         await asyncio.sleep(0.2)
 

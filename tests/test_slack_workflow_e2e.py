@@ -1,4 +1,5 @@
-"""Slack approval to a GitHub pull request, end to end.
+"""Slack approval to a GitHub pull request, end to end, and on to GitHub's signed webhook
+saying it merged and the error coming back from the release with the merge.
 
 An error reported to the intake becomes the real IncidentWorkflow on real Temporal, run by the
 worker's own activity set (worker.build_activities) on a real git repository; Slack and GitHub
@@ -19,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowContinuedAsNewError
 
 from remedy import names
 from remedy.config import GitHubConfig, RemedyConfig, SlackConfig
@@ -36,14 +37,17 @@ from tests.fakes.slack_server import (
 )
 from tests.intake_harness import UI_BASE, report_error, running_intake
 from tests.repos import ALICE, BOB, ServiceRepo, git, make_service_repo
+from tests.test_fix_intake import WEBHOOK_SECRET, delivery, pull_request_closed
 from tests.test_spine_e2e import (
+    BUGGY_LINE,
     CART_BUGGY,
     CART_GOOD,
     FIXED_LINE,
     crash,
     scripted_diagnose,
 )
-from tests.workflow_harness import APPROVER, until_phase
+from tests.workflow_harness import APPROVER, eventually, until_phase
+from workflows.incident import IncidentWorkflow
 
 INTAKE_TOKEN = "slack-e2e-intake-token"
 GITHUB_REPO = "acme/shop"
@@ -88,6 +92,7 @@ def config(
     monkeypatch: pytest.MonkeyPatch,
 ) -> RemedyConfig:
     monkeypatch.setenv("SHOP_INTAKE_TOKEN", INTAKE_TOKEN)
+    monkeypatch.setenv("GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET)
     monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)
     monkeypatch.setenv("SLACK_SIGNING_SECRET", SIGNING_SECRET)
     monkeypatch.setenv("GITHUB_TOKEN", GITHUB_TOKEN)
@@ -194,6 +199,43 @@ async def test_an_approve_click_in_slack_opens_a_draft_pull_request_on_github(
     assert shown["ts"] == message["ts"] and "edited" in shown
     assert "pull request opened" in json.dumps(shown["blocks"])
     assert decision_buttons(shown) == []
+
+    # The pull request is merged on GitHub (here: the same change lands on main), and
+    # GitHub's signed webhook says so.
+    merge_sha = shop.commit({"app/cart.py": CART_BUGGY.replace(BUGGY_LINE, FIXED_LINE)}, "Merge")
+    payload = pull_request_closed(incident_id, repo=GITHUB_REPO)
+    payload["pull_request"]["merge_commit_sha"] = merge_sha
+    hooked = await intake.post("/github/webhook", **delivery(payload))
+    assert hooked.status_code == 200, hooked.text
+    assert hooked.json()["merge_commit"] == merge_sha
+    merged = await until_phase(current, Phase.FIX_MERGED, handle=handle)
+    assert merged.fix is not None and merged.fix.merged_by == "webhook"
+
+    # The error comes back from the release with the merge: the fix failed.
+    await report_error(intake, INTAKE_TOKEN, {**event, "release": merge_sha})
+    first_run = client.get_workflow_handle_for(
+        IncidentWorkflow.run, final.workflow_id, run_id=(await handle.describe()).run_id
+    )
+    with pytest.raises(WorkflowContinuedAsNewError):  # as the new incident
+        await asyncio.wait_for(first_run.result(follow_runs=False), 60)
+    failed = await first_run.query(IncidentWorkflow.status)
+    assert failed.phase == Phase.FIX_FAILED, failed.reason
+    [comment] = github.comments(GITHUB_REPO, pull["number"])
+    assert merge_sha[:12] in comment["body"]
+    replies = " ".join(json.dumps(reply) for reply in slack.replies(message["ts"]))
+    for said in ("Fix merged", "Fix deployed", "Fix failed"):
+        assert said in replies, said
+
+    # A new incident opened on the same fingerprint, linked to the failed one.
+    async def reopened() -> IncidentStatus | None:
+        latest = await client.get_workflow_handle_for(
+            IncidentWorkflow.run, final.workflow_id
+        ).query(IncidentWorkflow.status)
+        return latest if latest.reopened_after is not None else None
+
+    second = await eventually(reopened, timeout_s=30)
+    assert second.incident_id != incident_id and second.release == merge_sha
+    assert second.reopened_after is not None and second.reopened_after.pr_url == pr_url
     # The incident closes while its worker runs: a later test reporting the same error
     # must open its own incident, not join one whose worker is gone.
-    await asyncio.wait_for(handle.result(), 60)
+    await client.get_workflow_handle(final.workflow_id).terminate("test over")

@@ -1,4 +1,5 @@
-"""The spine end to end: HTTP intake -> real Temporal -> real git activities -> approval -> push.
+"""The spine end to end: HTTP intake -> real Temporal -> real git activities -> approval -> push
+-> a person merges the branch -> a deploy of the merge -> the fix holds.
 
 Only the diagnosis is a double (registered under the real activity name): the LLM backends
 have their own tests against loopback Ollama/Anthropic servers. Everything else is the
@@ -100,6 +101,9 @@ def config(
     )
     config.temporal.task_queue = f"e2e-{uuid.uuid4()}"
     config.limits.quiet_window_s = 0
+    # After the push the incident follows the branch: merged, deployed, held, in seconds.
+    config.limits.change_poll_s = 1
+    config.limits.hold_window_s = 2
     return config
 
 
@@ -177,6 +181,24 @@ async def test_error_to_evidence_to_approval_to_pushed_branch(
     assert "order.get('discount', 0)" in fixed
     body = ArtifactStore(config.artifacts_dir).get_text(final.proposal.body)  # type: ignore[arg-type]
     assert "KeyError" in body and APPROVER in body
+
+    # A person merges the branch (a merge commit on main); the forge's watch sees it.
+    git(service_repo.work, "fetch", "-q", "origin", names.branch_for(incident_id))
+    git(service_repo.work, "merge", "-q", "--no-ff", "--no-edit", "FETCH_HEAD")
+    git(service_repo.work, "push", "-q", "origin", "HEAD:refs/heads/main")
+    merged = await until_phase(current, Phase.FIX_MERGED, handle=handle)
+    assert merged.fix is not None and merged.fix.merged_by == "poll"
+    assert merged.fix.commit == branch_sha
+    # The deploy pipeline says the merge runs; no report of the error comes from it.
+    deployed = await intake.post(
+        "/v1/deploys",
+        json={"service": "shop", "release": service_repo.head()},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert deployed.status_code == 202, deployed.text
+    assert deployed.json()["incidents"] == [incident_id]
     # The incident closes while its worker runs: a later test reporting the same error
     # must open its own incident, not join one whose worker is gone.
-    await asyncio.wait_for(handle.result(), 60)
+    held = IncidentStatus.model_validate(await asyncio.wait_for(handle.result(), 60))
+    assert held.phase == Phase.FIX_HELD, held.reason
+    assert held.fix is not None and held.fix.deployed_release == service_repo.head()
