@@ -272,6 +272,22 @@ async def _settle(client: Client, workflow_id: str, timeout_s: float = 10.0) -> 
         await asyncio.sleep(0.2)
 
 
+def _after_the_push(config: RemedyConfig, work: Path, status: IncidentStatus) -> str:
+    """What a person does next with the pushed branch: merge it, deploy the merge; the
+    incident follows both (docs/slack-and-github.md)."""
+    assert status.proposal is not None
+    limits = config.limits
+    return (
+        "next: the incident follows the branch; merge it and say the merge runs:\n"
+        f"  git -C {work} pull -q --ff-only origin {status.proposal.branch} && "
+        f"git -C {work} push -q origin HEAD:main\n"
+        f'  remedy deployed {DEMO_SERVICE} "$(git -C {work} rev-parse HEAD)"\n'
+        f"it is seen merged within [limits] change_poll_s ({limits.change_poll_s} s) and holds "
+        f"after hold_window_s ({limits.hold_window_s} s) without the error: "
+        f"remedy incidents show {status.incident_id}"
+    )
+
+
 def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -374,6 +390,8 @@ def run_demo(
                 f"next: remedy approve {status.incident_id} --as {approvers} "
                 f"(with {APPROVER_TOKEN_ENV} set: docs/approvals.md)"
             )
+        if status.phase == Phase.PR_OPENED and status.proposal and not status.proposal.pr_url:
+            _progress(_after_the_push(config, work, status))
         if keep and stack is not None:
             print(stack.banner(), flush=True)
             try:

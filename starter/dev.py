@@ -35,7 +35,7 @@ from remedy import names
 from remedy.config import RemedyConfig, secret
 from starter.codec_server import codec_endpoint, is_loopback
 
-_SA_TYPES = {"KEYWORD": "Keyword", "INT": "Int"}
+_SA_TYPES = {"KEYWORD": "Keyword", "INT": "Int", "DATETIME": "Datetime"}
 
 
 class DevError(RuntimeError):

@@ -54,6 +54,7 @@ def expected_search_attributes() -> dict[str, str]:
     kinds = {
         SearchAttributeIndexedValueType.KEYWORD: "Keyword",
         SearchAttributeIndexedValueType.INT: "Int",
+        SearchAttributeIndexedValueType.DATETIME: "Datetime",
     }
     return {key.name: kinds[key.indexed_value_type] for key in names.SEARCH_ATTRIBUTES}
 
@@ -165,7 +166,7 @@ def test_the_one_shot_registers_every_search_attribute_with_its_type(
     compose: dict[str, Any],
 ) -> None:
     script = "\n".join(compose["services"]["temporal-search-attributes"]["command"])
-    registered = dict(re.findall(r"(Remedy\w+)=(Keyword|Int)", script))
+    registered = dict(re.findall(r"(Remedy\w+)=(Keyword|Int|Datetime)", script))
     assert registered == expected_search_attributes()
 
 

@@ -21,6 +21,7 @@ from remedy.models import (
     DecideRequest,
     DeploySignal,
     Evidence,
+    FixFollowUp,
     IncidentStart,
     IncidentStatus,
     OccurrenceSignal,
@@ -28,6 +29,8 @@ from remedy.models import (
     Proposal,
     Worktree,
 )
+from remedy.render.slack import detail_text, status_line
+from remedy.render.terminal import render_status
 from tests.workflow_harness import (
     APPROVER,
     FakeActivities,
@@ -329,3 +332,35 @@ async def _closed_status(
     if description.status is None or description.status.name == "RUNNING":
         return None
     return await handle.query(IncidentWorkflow.status)
+
+
+def test_the_terminal_and_slack_say_how_far_the_fix_got_with_release_text_escaped() -> None:
+    hostile = "v1\x1b[2J\n<!channel> *bold*"
+    status = following().follow_up
+    assert status is not None
+    at = now()
+    status = status.model_copy(
+        update={
+            "phase": Phase.FIX_DEPLOYED,
+            "reason": f"{hostile} runs fix {MERGE_COMMIT[:12]}",
+            "fix": FixFollowUp(
+                commit=MERGE_COMMIT,
+                follow_until=at,
+                merged_at=at,
+                merged_by="webhook",
+                deployed_release=hostile,
+                deployed_at=at,
+                hold_until=at + timedelta(days=7),
+                stale_reports=4,
+            ),
+        }
+    )
+    shown = render_status(status)
+    assert f"merged     {MERGE_COMMIT[:12]} at " in shown and "(webhook)" in shown
+    assert "holds      if quiet until " in shown
+    assert "stale      4 reports from releases without the fix" in shown
+    assert "\x1b" not in shown and "deployed   v1" in shown
+    line = status_line(status)
+    assert line.startswith(":rocket: *Fix deployed*: ")
+    assert "<!channel>" not in line and "\x1b" not in line
+    assert detail_text(status).startswith("*Fix deployed*")

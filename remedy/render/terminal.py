@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Protocol
 
 from remedy.assurance import FIX_FAILURE_TEXT, headline
-from remedy.models import IncidentStatus
+from remedy.models import IncidentStatus, Phase
 from remedy.render.sanitize import one_line, visible
 from remedy.review import Excerpt, IncidentReview, SourceWindow
 
@@ -106,11 +106,38 @@ def render_status(status: IncidentStatus, review: IncidentReview | None = None) 
     if status.proposal:
         target = status.proposal.pr_url or f"{status.proposal.remote} {status.proposal.branch}"
         lines.append(f"proposal   {_line(status.proposal.title)} -> {_line(target)}")
+    lines += _fix_lines(status)
     if status.ui_url:
         lines.append(f"ui         {status.ui_url}")
     if review is not None:
         lines += _review_lines(review)
     return "\n".join(lines)
+
+
+def _fix_lines(status: IncidentStatus) -> list[str]:
+    """How far the change got after pr_opened, and the incident a failed fix reopened."""
+    lines: list[str] = []
+    if status.reopened_after is not None:
+        earlier = status.reopened_after
+        lines.append(f"reopened   {_line(earlier.note())} (incident {earlier.incident_id})")
+    fix = status.fix
+    if fix is None:
+        return lines
+    if fix.merged_at is not None:
+        lines.append(
+            f"merged     {fix.commit[:12]} at {fix.merged_at:%Y-%m-%d %H:%M:%S} ({fix.merged_by})"
+        )
+    if fix.deployed_release is not None and fix.deployed_at is not None:
+        lines.append(
+            f"deployed   {_line(fix.deployed_release)} at {fix.deployed_at:%Y-%m-%d %H:%M:%S}"
+        )
+    if fix.hold_until is not None and status.phase == Phase.FIX_DEPLOYED:
+        lines.append(f"holds      if quiet until {fix.hold_until:%Y-%m-%d %H:%M:%S} UTC")
+    elif status.phase in (Phase.PR_OPENED, Phase.FIX_MERGED):
+        lines.append(f"following  until {fix.follow_until:%Y-%m-%d %H:%M:%S} UTC")
+    if fix.stale_reports:
+        lines.append(f"stale      {fix.stale_reports} reports from releases without the fix")
+    return lines
 
 
 def _section(title: str, excerpt: Excerpt) -> list[str]:
