@@ -80,5 +80,5 @@ def test_temporal_profile_selects_a_profile_as_temporal_profile_does(
 
 
 def test_the_page_registers_every_search_attribute_with_its_type() -> None:
-    registered = dict(re.findall(r"(Remedy\w+)=(Keyword|Int)", DOC.read_text()))
+    registered = dict(re.findall(r"(Remedy\w+)=(Keyword|Int|Datetime)", DOC.read_text()))
     assert registered == expected_search_attributes()
