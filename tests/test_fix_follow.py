@@ -31,6 +31,9 @@ from remedy.models import (
 )
 from remedy.render.slack import detail_text, status_line
 from remedy.render.terminal import render_status
+from remedy.temporal import data_converter
+from starter.incidents import find_incident
+from tests.conftest import TEMPORAL
 from tests.workflow_harness import (
     APPROVER,
     FakeActivities,
@@ -364,3 +367,53 @@ def test_the_terminal_and_slack_say_how_far_the_fix_got_with_release_text_escape
     assert line.startswith(":rocket: *Fix deployed*: ")
     assert "<!channel>" not in line and "\x1b" not in line
     assert detail_text(status).startswith("*Fix deployed*")
+
+
+async def test_weeks_of_following_continue_as_new_as_the_same_incident() -> None:
+    """A server that suggests a new run after 40 events: the follow-up continues as new,
+    keeps its state and id, and the id still finds it (the webhook and CLI signal it so)."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=TEMPORAL,
+        search_attributes=names.SEARCH_ATTRIBUTES,
+        data_converter=data_converter(),
+        dev_server_log_level="error",
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "limit.historyCount.suggestContinueAsNew=40",
+        ],
+    )
+    fakes = FakeActivities(releases_with_fix={FIXED})
+    queue = f"follow-{uuid.uuid4()}"
+    try:
+        client = env.client
+        async with Worker(
+            client, task_queue=queue, workflows=[IncidentWorkflow], activities=fakes.all()
+        ):
+            start = following()
+            assert start.follow_up is not None
+            incident_id = start.follow_up.incident_id
+            handle = await begin(client, queue, start)
+            await handle.signal(IncidentWorkflow.change, ChangeSignal(state="merged"))
+            await wait_for_phase(handle, Phase.FIX_MERGED)
+            for _ in range(12):  # stale reports, each a few events of history
+                await handle.signal(
+                    IncidentWorkflow.occurrence, OccurrenceSignal(count=1, releases={OLD: 1})
+                )
+
+            async def continued() -> bool:
+                return (await handle.describe()).run_id != handle.result_run_id
+
+            await eventually(continued)
+            latest = await handle.describe()
+            assert await latest.memo_value(names.MEMO_INCIDENT_ID) == incident_id
+            assert latest.typed_search_attributes.get(names.SA_PHASE) == "fix_merged"
+            found = await find_incident(client, incident_id)
+            assert found.run_id == latest.run_id
+            await found.signal(IncidentWorkflow.deployed, DeploySignal(release=FIXED))
+            status = await wait_for_phase(found, Phase.FIX_DEPLOYED)
+            assert status.incident_id == incident_id
+            assert status.fix is not None and status.fix.stale_reports == 12
+            assert status.fix.releases_seen == {OLD: False, FIXED: True}
+            await found.terminate("test over")
+    finally:
+        await env.shutdown()
