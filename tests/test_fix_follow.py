@@ -248,6 +248,7 @@ async def test_a_change_closed_unmerged_is_abandoned(
     assert final.reason == "the change was closed without a merge (webhook)"
     assert fakes.release_checks == [] and fakes.comments == []
     assert fakes.notifications[-1] == ("update", Phase.FIX_ABANDONED)
+    assert [r.outcome for r in fakes.recorded] == ["fix_abandoned"]
 
 
 async def test_the_forge_watch_finds_the_merge_and_a_late_webhook_changes_nothing(

@@ -615,7 +615,8 @@ class IncidentWorkflow:
                     await self._notify()
                 if fix.failed_release is not None:
                     await self._fix_failed(fix)  # continues as new: a new incident
-                if status.phase not in FOLLOWING_PHASES:
+                if status.phase not in FOLLOWING_PHASES:  # abandoned
+                    await self._remember()
                     return
                 if status.phase == Phase.PR_OPENED and watch is None and watching:
                     watch = asyncio.create_task(self._watch_change())
