@@ -92,6 +92,8 @@ def following(
             pr_url="http://github.test/o/r/pull/1" if forge == "github" else None,
         ),
         reason=f"approved by {APPROVER}",
+        # What the run before had begun to follow (a run continued as new always has it).
+        fix=FixFollowUp(commit=BRANCH_COMMIT, follow_until=at + timedelta(seconds=MONTH)),
     )
     return start.model_copy(update={"follow_up": status})
 
@@ -370,9 +372,11 @@ def test_the_terminal_and_slack_say_how_far_the_fix_got_with_release_text_escape
     assert detail_text(status).startswith("*Fix deployed*")
 
 
-async def test_weeks_of_following_continue_as_new_as_the_same_incident() -> None:
+@pytest.mark.parametrize("merged", [True, False], ids=["merged", "watching the forge"])
+async def test_weeks_of_following_continue_as_new_as_the_same_incident(merged: bool) -> None:
     """A server that suggests a new run after 40 events: the follow-up continues as new,
-    keeps its state and id, and the id still finds it (the webhook and CLI signal it so)."""
+    keeps its state and id, and the id still finds it (the webhook and CLI signal it so).
+    A watch of the forge stops with the old run and starts again in the new one."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=TEMPORAL,
         search_attributes=names.SEARCH_ATTRIBUTES,
@@ -394,8 +398,9 @@ async def test_weeks_of_following_continue_as_new_as_the_same_incident() -> None
             assert start.follow_up is not None
             incident_id = start.follow_up.incident_id
             handle = await begin(client, queue, start)
-            await handle.signal(IncidentWorkflow.change, ChangeSignal(state="merged"))
-            await wait_for_phase(handle, Phase.FIX_MERGED)
+            if merged:
+                await handle.signal(IncidentWorkflow.change, ChangeSignal(state="merged"))
+                await wait_for_phase(handle, Phase.FIX_MERGED)
             for _ in range(12):  # stale reports, each a few events of history
                 await handle.signal(
                     IncidentWorkflow.occurrence, OccurrenceSignal(count=1, releases={OLD: 1})
@@ -407,9 +412,13 @@ async def test_weeks_of_following_continue_as_new_as_the_same_incident() -> None
             await eventually(continued)
             latest = await handle.describe()
             assert await latest.memo_value(names.MEMO_INCIDENT_ID) == incident_id
-            assert latest.typed_search_attributes.get(names.SA_PHASE) == "fix_merged"
+            phase = Phase.FIX_MERGED if merged else Phase.PR_OPENED
+            assert latest.typed_search_attributes.get(names.SA_PHASE) == phase.value
             found = await find_incident(client, incident_id)
             assert found.run_id == latest.run_id
+            if not merged:
+                await eventually(lambda: _watched_twice(fakes))
+                assert {w.incident_id for w in fakes.watches} == {incident_id}
             await found.signal(IncidentWorkflow.deployed, DeploySignal(release=FIXED))
             status = await wait_for_phase(found, Phase.FIX_DEPLOYED)
             assert status.incident_id == incident_id
@@ -418,3 +427,7 @@ async def test_weeks_of_following_continue_as_new_as_the_same_incident() -> None
             await found.terminate("test over")
     finally:
         await env.shutdown()
+
+
+async def _watched_twice(fakes: FakeActivities) -> bool:
+    return len(fakes.watches) >= 2

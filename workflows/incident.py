@@ -621,7 +621,12 @@ class IncidentWorkflow:
                 if status.phase == Phase.PR_OPENED and watch is None and watching:
                     watch = asyncio.create_task(self._watch_change())
                 if workflow.info().is_continue_as_new_suggested():
-                    await self._continue_following(watch)
+                    if watch is not None:
+                        await _cancel(watch)
+                        watch = None
+                    if self._change is None:  # one heard meanwhile is applied first
+                        await self._continue_following()
+                    continue
                 deadline = fix.hold_until if status.phase == Phase.FIX_DEPLOYED else None
                 deadline = deadline or fix.follow_until
                 if workflow.now() >= deadline:
@@ -811,10 +816,8 @@ class IncidentWorkflow:
             search_attributes=_first_search_attributes(reopened),
         )
 
-    async def _continue_following(self, watch: asyncio.Task[ChangeState] | None) -> None:
+    async def _continue_following(self) -> None:
         """The same incident in a fresh run: weeks of following keep the history short."""
-        if watch is not None:
-            await _cancel(watch)
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(
             self._start.model_copy(update={"follow_up": self._status}),
