@@ -14,7 +14,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from remedy import names
+from remedy import fix_follow, names
 from remedy.models import (
     ChangeSignal,
     ChangeState,
@@ -431,3 +431,41 @@ async def test_weeks_of_following_continue_as_new_as_the_same_incident(merged: b
 
 async def _watched_twice(fakes: FakeActivities) -> bool:
     return len(fakes.watches) >= 2
+
+
+# ---------------------------------------------------------------------------- the rules
+
+
+def test_a_release_heard_of_is_queued_with_its_reports_and_counted_once_checked() -> None:
+    fix = FixFollowUp(commit=MERGE_COMMIT, follow_until=now())
+    fix_follow.hear_of_release(fix, FIXED, 0)  # a deploy
+    fix_follow.hear_of_release(fix, OLD, 2)
+    fix_follow.hear_of_release(fix, OLD, 1)  # while the check runs
+    assert fix.releases_to_check == {FIXED: 0, OLD: 3}
+    assert fix_follow.settle_check(fix, FIXED, True) is True
+    assert fix.failed_release is None  # deployed, and no report from it
+    assert fix_follow.settle_check(fix, OLD, False) is False
+    assert (fix.stale_reports, fix.releases_to_check) == (3, {})
+    fix_follow.hear_of_release(fix, OLD, 4)  # known: counted at once, no second check
+    fix_follow.hear_of_release(fix, FIXED, 2)
+    assert (fix.stale_reports, fix.recurrences, fix.failed_release) == (7, 2, FIXED)
+    assert fix.releases_to_check == {}
+
+
+def test_a_check_that_could_not_run_forgets_the_release_and_the_queue_is_bounded() -> None:
+    fix = FixFollowUp(commit=MERGE_COMMIT, follow_until=now())
+    fix_follow.hear_of_release(fix, FIXED, 5)
+    assert fix_follow.settle_check(fix, FIXED, None) is False
+    assert fix.releases_seen == {} and fix.stale_reports == 5 and fix.failed_release is None
+    for number in range(fix_follow.MAX_RELEASES_CHECKED + 3):
+        fix_follow.hear_of_release(fix, f"r{number}", 1)
+    assert len(fix.releases_to_check) == fix_follow.MAX_RELEASES_CHECKED
+    assert fix.stale_reports == 5 + 3
+
+
+def test_windows_read_in_whole_units() -> None:
+    assert [fix_follow.duration_text(s) for s in (7 * 86_400, 6 * 3600, 90)] == [
+        "7 d",
+        "6 h",
+        "90 s",
+    ]

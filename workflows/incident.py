@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.llm import DiagnosisActivities
     from activities.sandbox import SandboxActivities
     from activities.slack import SlackActivities
-    from remedy import assurance, names, policy
+    from remedy import assurance, fix_follow, names, policy
     from remedy.models import (
         FOLLOWING_PHASES,
         ApprovalRequest,
@@ -117,9 +117,6 @@ _PATCH_SUITE_BEFORE_EARLY = "suite-before-early"
 # window (issue 13); runs from before it close at pr_opened.
 _PATCH_FOLLOW_FIX = "follow-fix"
 
-# Distinct releases one incident checks for its fix; beyond it, reports only count (an
-# authenticated service could still name a new release in every report).
-_MAX_RELEASES_CHECKED = 200
 # The forge is watched by an activity that asks every change_poll_s; it returns after this
 # long so the workflow's history grows by a few events per watch, not per poll.
 _WATCH_SPAN = timedelta(hours=6)
@@ -213,24 +210,9 @@ class IncidentWorkflow:
         self._hear_of_release(signal.release, 0)
 
     def _hear_of_release(self, release: str, reports: int) -> None:
-        """A release the service runs, with `reports` of the error from it: counted at once
-        when it was checked already, else queued for _follow_change to check."""
         fix = self._status.fix
-        if fix is None or self._status.phase not in FOLLOWING_PHASES:
-            return
-        if release in fix.releases_seen:
-            if fix.releases_seen[release]:
-                fix.recurrences += reports
-                if reports and fix.failed_release is None:
-                    fix.failed_release = release
-            else:
-                fix.stale_reports += reports
-        elif release in fix.releases_to_check:
-            fix.releases_to_check[release] += reports
-        elif len(fix.releases_seen) + len(fix.releases_to_check) < _MAX_RELEASES_CHECKED:
-            fix.releases_to_check[release] = reports
-        else:
-            fix.stale_reports += reports
+        if fix is not None and self._status.phase in FOLLOWING_PHASES:
+            fix_follow.hear_of_release(fix, release, reports)
 
     @workflow.update(name="decide")
     def decide(self, request: DecideRequest) -> DecideResult:
@@ -732,19 +714,10 @@ class IncidentWorkflow:
                 ),
                 timeout=timedelta(minutes=10),
             )
-            # Reports that came in while git looked count too.
-            reports = fix.releases_to_check.pop(release)
-            contains = checked is not None and checked.contains is True
-            if checked is not None:
-                fix.releases_seen[release] = contains
-            if not contains:
-                fix.stale_reports += reports
-                continue
-            if self._status.phase in (Phase.PR_OPENED, Phase.FIX_MERGED):
+            contains = None if checked is None else checked.contains is True
+            holds = fix_follow.settle_check(fix, release, contains)
+            if holds and self._status.phase in (Phase.PR_OPENED, Phase.FIX_MERGED):
                 self._deploy(fix, release)
-            fix.recurrences += reports
-            if reports:
-                fix.failed_release = release
 
     def _deploy(self, fix: FixFollowUp, release: str) -> None:
         now = workflow.now()
@@ -757,7 +730,7 @@ class IncidentWorkflow:
     async def _stop_following(self, fix: FixFollowUp) -> None:
         status = self._status
         if status.phase == Phase.FIX_DEPLOYED:
-            window = _duration(self._start.policy.hold_window_s)
+            window = fix_follow.duration_text(self._start.policy.hold_window_s)
             stale = f"; {fix.stale_reports} from releases without it" if fix.stale_reports else ""
             self._finish(
                 Phase.FIX_HELD,
@@ -766,10 +739,8 @@ class IncidentWorkflow:
             )
         else:
             waited = "a merge" if status.phase == Phase.PR_OPENED else "a release with the fix"
-            status.reason = (
-                f"stopped following the change after {_duration(self._start.policy.follow_fix_s)} "
-                f"without {waited}"
-            )
+            followed = fix_follow.duration_text(self._start.policy.follow_fix_s)
+            status.reason = f"stopped following the change after {followed} without {waited}"
             self._show_details()
         await self._notify()
         await self._remember()
@@ -1035,16 +1006,6 @@ def _first_search_attributes(start: IncidentStart) -> TypedSearchAttributes:
             SearchAttributePair(names.SA_OCCURRENCES, start.occurrences),
         ]
     )
-
-
-def _duration(seconds: int) -> str:
-    days, rest = divmod(seconds, 86_400)
-    if days and not rest:
-        return f"{days} d"
-    hours, rest = divmod(seconds, 3600)
-    if hours and not rest:
-        return f"{hours} h"
-    return f"{seconds} s"
 
 
 def _failure_reason(failed: FixAttempt, tries: int) -> str:
