@@ -264,8 +264,8 @@ def fix_failed_comment(incident: IncidentStatus) -> str:
         "",
         fenced(f"{incident.error_type}: {incident.error_message}"),
         "",
-        "Remedy opened a new incident for the error; its diagnosis starts from what this "
-        "change tried.",
+        "Remedy opened a new incident for the error; its evidence opens with this fix and "
+        "the release it failed in.",
     ]
     if incident.ui_url:
         lines += ["", own_link(incident.ui_url, "This incident in the Temporal UI")]
