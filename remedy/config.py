@@ -35,7 +35,7 @@ from pydantic_settings import (
 )
 
 from remedy.names import SERVICE_NAME_PATTERN, TASK_QUEUE
-from remedy.service_policy import DEFAULT_TEST_PATHS, ServicePolicy, Severity
+from remedy.service_policy import DEFAULT_TEST_PATHS, IncidentLimits, ServicePolicy, Severity
 
 DEFAULT_CONFIG_PATH = Path("remedy.toml")
 
@@ -123,17 +123,9 @@ class WorkerConfig(_Section):
     graceful_shutdown_s: float = Field(default=10.0, ge=0)
 
 
-class LimitsConfig(_Section):
-    approval_timeout_s: int = Field(default=86_400, ge=1)
-    quiet_window_s: int = Field(default=3_600, ge=0)
-    max_diff_lines: int = Field(default=200, ge=1)
-    max_fix_attempts: int = Field(
-        default=3,
-        ge=1,
-        le=10,
-        description="Tries at a fix per incident: a patch that does not apply or fails "
-        "verification goes back to the model with the failure",
-    )
+class LimitsConfig(_Section, IncidentLimits):
+    """[limits]: what each incident pins (IncidentLimits), and the worker's own limits."""
+
     sync_timeout_s: int = Field(default=600, ge=1)
     test_timeout_s: int = Field(default=600, ge=1, description="Wall clock per sandboxed test run")
     test_cpu_s: int = Field(default=600, ge=1, description="CPU seconds per sandboxed process")
@@ -148,24 +140,6 @@ class LimitsConfig(_Section):
     )
     max_tokens_per_incident: int = Field(
         default=400_000, ge=1_000, description="LLM tokens (in + out); beyond it: rate_limited"
-    )
-    hold_window_s: int = Field(
-        default=7 * 86_400,
-        ge=1,
-        description="A deployed fix holds after this long without a report of its error from a "
-        "release that contains it",
-    )
-    follow_fix_s: int = Field(
-        default=30 * 86_400,
-        ge=0,
-        description="How long an opened change is followed to merge, and a merged one to deploy; "
-        "0: incidents end at pr_opened",
-    )
-    change_poll_s: int = Field(
-        default=900,
-        ge=1,
-        description="How often the forge is asked whether the change was merged or closed "
-        "(the GitHub webhook tells at once; the local forge has none)",
     )
 
 
@@ -661,13 +635,7 @@ class RemedyConfig(BaseSettings):
             forbidden_paths=list(service.forbidden_paths),
             allow_execution_sensitive_paths=list(service.allow_execution_sensitive_paths),
             test_paths=list(service.test_paths),
-            approval_timeout_s=self.limits.approval_timeout_s,
-            max_diff_lines=self.limits.max_diff_lines,
-            max_fix_attempts=self.limits.max_fix_attempts,
-            quiet_window_s=self.limits.quiet_window_s,
-            hold_window_s=self.limits.hold_window_s,
-            follow_fix_s=self.limits.follow_fix_s,
-            change_poll_s=self.limits.change_poll_s,
+            **self.limits.model_dump(include=set(IncidentLimits.model_fields)),
         )
 
 

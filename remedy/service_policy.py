@@ -22,7 +22,48 @@ class Severity(StrEnum):
 DEFAULT_TEST_PATHS = ("tests/**", "test/**", "**/tests/**")
 
 
-class ServicePolicy(BaseModel):
+class IncidentLimits(BaseModel):
+    """The limits an incident pins with its policy; remedy.toml sets them in [limits]
+    (config.LimitsConfig, which adds the worker's own)."""
+
+    approval_timeout_s: int = Field(
+        default=86_400, ge=1, description="The approval buttons expire; a reminder at half of it"
+    )
+    max_diff_lines: int = Field(default=200, ge=1)
+    max_fix_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        description="Tries at a fix: a patch that does not apply or fails verification goes "
+        "back to the model with the failure, until this many",
+    )
+    quiet_window_s: int = Field(
+        default=3_600,
+        ge=0,
+        description="After a terminal phase the incident keeps absorbing occurrences until it has "
+        "been quiet this long; only then can the same fingerprint open a new incident",
+    )
+    hold_window_s: int = Field(
+        default=7 * 86_400,
+        ge=1,
+        description="A deployed fix holds when no report of the fingerprint comes from a release "
+        "with the fix for this long",
+    )
+    follow_fix_s: int = Field(
+        default=30 * 86_400,
+        ge=0,
+        description="How long an opened change is followed to its merge, and a merged one to its "
+        "deploy, before the incident stops following it; 0: it ends at pr_opened",
+    )
+    change_poll_s: int = Field(
+        default=900,
+        ge=1,
+        description="How often the forge is asked whether the change was merged or closed (the "
+        "GitHub webhook tells at once; the local forge has none)",
+    )
+
+
+class ServicePolicy(IncidentLimits):
     """A service's non-secret policy, pinned when the incident starts (auditable in history)."""
 
     approvers: list[str] = Field(default_factory=list)
@@ -36,38 +77,4 @@ class ServicePolicy(BaseModel):
     test_paths: list[str] = Field(
         default_factory=lambda: list(DEFAULT_TEST_PATHS),
         description="Where the model's regression test may be written",
-    )
-    approval_timeout_s: int = Field(default=86_400, ge=1)
-    max_diff_lines: int = Field(default=200, ge=1)
-    max_fix_attempts: int = Field(
-        default=3,
-        ge=1,
-        le=10,
-        description="Tries at a fix: a patch that does not apply or fails verification goes "
-        "back to the model with the failure, until this many (limits.max_fix_attempts)",
-    )
-    quiet_window_s: int = Field(
-        default=3_600,
-        ge=0,
-        description="After a terminal phase the incident keeps absorbing occurrences until it has "
-        "been quiet this long; only then can the same fingerprint open a new incident",
-    )
-    hold_window_s: int = Field(
-        default=7 * 86_400,
-        ge=1,
-        description="A deployed fix holds when no report of the fingerprint comes from a release "
-        "with the fix for this long (limits.hold_window_s)",
-    )
-    follow_fix_s: int = Field(
-        default=30 * 86_400,
-        ge=0,
-        description="How long an opened change is followed to its merge, and a merged one to its "
-        "deploy, before the incident stops following it; 0: it ends at pr_opened "
-        "(limits.follow_fix_s)",
-    )
-    change_poll_s: int = Field(
-        default=900,
-        ge=1,
-        description="How often the forge is asked about the change, besides its webhook "
-        "(limits.change_poll_s)",
     )
