@@ -87,6 +87,11 @@ def branch_for(incident_id: str) -> str:
     return f"{BRANCH_PREFIX}{incident_id}"
 
 
+def query_literal(value: str) -> str:
+    """`value` as a string literal of a Temporal visibility query (`RemedyService = '...'`)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def incident_of_branch(branch: str) -> str | None:
     """The incident id a `remedy/<incident>` branch was opened for; None for other branches."""
     if not branch.startswith(BRANCH_PREFIX):

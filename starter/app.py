@@ -151,7 +151,7 @@ def invalid_token(config: RemedyConfig, claimed: str | None) -> HTTPProblem:
     )
 
 
-def _foreign(what: str) -> HTTPProblem:
+def foreign(what: str) -> HTTPProblem:
     # One answer whether the other service exists or not: a token holder learns nothing
     # about the services it cannot report for, nor which service its token is for.
     return HTTPProblem(403, f"this token may not {what}")
@@ -196,13 +196,28 @@ def parse_json_object(body: bytes, max_depth: int, what: str = "body") -> dict[s
     return data
 
 
-def _validation_problem(exc: ValidationError) -> HTTPProblem:
+def validation_problem(exc: ValidationError, what: str) -> HTTPProblem:
+    """The 422 naming each field of `what` (an error event, a deploy) that is wrong."""
     fields = [
         {"field": ".".join(str(p) for p in item["loc"]) or "(body)", "message": item["msg"]}
         for item in exc.errors()
     ]
     summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
-    return HTTPProblem(422, f"invalid error event: {summary}", fields=fields)
+    return HTTPProblem(422, f"invalid {what}: {summary}", fields=fields)
+
+
+def service_of(config: RemedyConfig, workflow_id: str) -> str | None:
+    """The configured service an incident's workflow id belongs to (it ends in the
+    fingerprint; what comes before it names the service), or None."""
+    fingerprint = workflow_id[-16:]
+    return next(
+        (
+            name
+            for name in config.services
+            if names.workflow_id_for(name, fingerprint) == workflow_id
+        ),
+        None,
+    )
 
 
 # ---------------------------------------------------------------------------- the costly part
@@ -351,9 +366,9 @@ async def _built_start(
     try:
         event = ErrorEvent.model_validate(data)
     except ValidationError as exc:
-        raise _validation_problem(exc) from None
+        raise validation_problem(exc, "error event") from None
     if event.service != service:
-        raise _foreign(f"report for service {event.service!r}")
+        raise foreign(f"report for service {event.service!r}")
     get_reporter(request)  # not connected: a 503 before the costly part
     return await incident_start(request, event, len(body))
 
@@ -371,16 +386,10 @@ async def get_incident(incident_id: str, request: Request, config: ConfigDep) ->
         if service is None:
             raise invalid_token(config, None) from None
         raise HTTPProblem(404, str(exc)) from None
-    # The workflow id ends in the fingerprint; what comes before it names the service.
-    fingerprint = workflow_id[-16:]
     if service is None:
-        claimed = next(
-            (n for n in config.services if names.workflow_id_for(n, fingerprint) == workflow_id),
-            None,
-        )
-        raise invalid_token(config, claimed)
-    if workflow_id != names.workflow_id_for(service, fingerprint):
-        raise _foreign(f"read incident {incident_id!r}")
+        raise invalid_token(config, service_of(config, workflow_id))
+    if service_of(config, workflow_id) != service:
+        raise foreign(f"read incident {incident_id!r}")
     client = get_client(request)
     try:
         status = await incident_status(client, incident_id)
@@ -395,7 +404,7 @@ async def get_incident(incident_id: str, request: Request, config: ConfigDep) ->
             headers={"Retry-After": "2"},
         ) from None
     if status.service != service:
-        raise _foreign(f"read incident {incident_id!r}")
+        raise foreign(f"read incident {incident_id!r}")
     from remedy.artifacts import ArtifactStore
     from remedy.review import incident_json
 

@@ -16,7 +16,6 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from remedy import names
 from remedy.models import DeploySignal, Phase
-from starter.incidents import _quote
 from workflows.incident import IncidentWorkflow
 
 # Phases at which an incident still waits for a release with its fix: its change is open or
@@ -29,10 +28,11 @@ MAX_INCIDENTS = 1000
 
 def waiting_for_release_query(service: str) -> str:
     """The visibility query of the service's incidents that wait for a release."""
-    phases = ", ".join(_quote(phase.value) for phase in WAITING_FOR_RELEASE)
+    phases = ", ".join(names.query_literal(phase.value) for phase in WAITING_FOR_RELEASE)
     return (
         "WorkflowType = 'IncidentWorkflow' AND ExecutionStatus = 'Running' AND "
-        f"{names.SA_SERVICE.name} = {_quote(service)} AND {names.SA_PHASE.name} IN ({phases})"
+        f"{names.SA_SERVICE.name} = {names.query_literal(service)} AND "
+        f"{names.SA_PHASE.name} IN ({phases})"
     )
 
 

@@ -29,12 +29,15 @@ from starter.app import (
     ConfigDep,
     HTTPProblem,
     capped_body,
+    foreign,
     get_client,
     invalid_token,
     parse_json_object,
     presented_token,
+    service_of,
     services_without_token,
     token_service,
+    validation_problem,
 )
 from starter.deploys import announce_release
 from starter.incidents import IncidentNotFound, find_incident
@@ -142,11 +145,7 @@ async def _pull_request(
     incident_id = names.incident_of_branch(head)
     if incident_id is None:
         return _ignored(f"branch {head[:100]!r} is not a remedy/<incident> branch")
-    workflow_id, _ = names.parse_incident_id(incident_id)
-    fingerprint = workflow_id[-16:]
-    service = next(
-        (s for s in config.services if names.workflow_id_for(s, fingerprint) == workflow_id), None
-    )
+    service = service_of(config, names.parse_incident_id(incident_id)[0])
     if service is None:
         return _ignored(f"incident {incident_id}: no such service in remedy.toml")
     github_repo = config.services[service].github_repo
@@ -244,14 +243,9 @@ async def report_deploy(request: Request, config: ConfigDep) -> JSONResponse:
     try:
         deploy = DeployRequest.model_validate(data)
     except ValidationError as exc:
-        fields = [
-            {"field": ".".join(str(p) for p in item["loc"]) or "(body)", "message": item["msg"]}
-            for item in exc.errors()
-        ]
-        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
-        raise HTTPProblem(422, f"invalid deploy: {summary}", fields=fields) from None
+        raise validation_problem(exc, "deploy") from None
     if deploy.service != service:
-        raise HTTPProblem(403, f"this token may not announce a deploy of {deploy.service!r}")
+        raise foreign(f"announce a deploy of {deploy.service!r}")
     client = get_client(request)
     try:
         told = await announce_release(client, service, deploy.release, "deploy")

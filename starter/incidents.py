@@ -44,10 +44,6 @@ class IncidentSummary(BaseModel):
     running: bool
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 async def find_incident(
     client: Client, incident_id: str
 ) -> WorkflowHandle[IncidentWorkflow, IncidentStatus]:
@@ -72,7 +68,9 @@ async def find_incident(
                 IncidentWorkflow.run, workflow_id, run_id=latest.run_id
             )
     if run is not None:
-        async for execution in client.list_workflows(f"WorkflowId = {_quote(workflow_id)}"):
+        async for execution in client.list_workflows(
+            f"WorkflowId = {names.query_literal(workflow_id)}"
+        ):
             if names.run_tag(execution.run_id) == run:
                 return client.get_workflow_handle_for(
                     IncidentWorkflow.run, workflow_id, run_id=execution.run_id
@@ -129,11 +127,11 @@ async def list_incidents(
     lag the workflow by seconds)."""
     clauses = ["WorkflowType = 'IncidentWorkflow'"]
     if service:
-        clauses.append(f"{names.SA_SERVICE.name} = {_quote(service)}")
+        clauses.append(f"{names.SA_SERVICE.name} = {names.query_literal(service)}")
     if phase:
-        clauses.append(f"{names.SA_PHASE.name} = {_quote(phase)}")
+        clauses.append(f"{names.SA_PHASE.name} = {names.query_literal(phase)}")
     if severity:
-        clauses.append(f"{names.SA_SEVERITY.name} = {_quote(severity)}")
+        clauses.append(f"{names.SA_SEVERITY.name} = {names.query_literal(severity)}")
     found: list[IncidentSummary] = []
     run_ids: list[str] = []
     async for execution in client.list_workflows(" AND ".join(clauses), limit=limit):

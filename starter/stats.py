@@ -21,12 +21,12 @@ LIST_TIMEOUT_S = 30.0
 _RPC_TIMEOUT = timedelta(seconds=10)
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 async def incident_runs(client: Client, *, service: str | None = None) -> list[IncidentRun]:
-    query = QUERY if not service else f"{QUERY} AND {names.SA_SERVICE.name} = {_quote(service)}"
+    query = (
+        QUERY
+        if not service
+        else f"{QUERY} AND {names.SA_SERVICE.name} = {names.query_literal(service)}"
+    )
     runs: list[IncidentRun] = []
     async for execution in client.list_workflows(query, rpc_timeout=_RPC_TIMEOUT):
         attributes = execution.typed_search_attributes
