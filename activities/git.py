@@ -25,10 +25,9 @@ from remedy.git.mirror import (
     ensure_worktree,
     locked,
     mirror_for,
-    update_mirror,
+    update_unless_mirrored,
 )
 from remedy.git.runner import (
-    FULL_SHA,
     GitError,
     application_error,
     is_ancestor,
@@ -78,15 +77,7 @@ class GitActivities:
         timeout = float(self.config.limits.sync_timeout_s)
         try:
             with locked(mirror, on_wait=heartbeat):
-                # A full sha cannot move, so one already mirrored needs no network at all.
-                known = (
-                    release is not None
-                    and FULL_SHA.match(release) is not None
-                    and mirror.path.is_dir()
-                    and resolve_commit(mirror.path, release, on_wait=heartbeat) == release
-                )
-                if not known:
-                    update_mirror(mirror, timeout, on_wait=heartbeat)
+                update_unless_mirrored(mirror, release, timeout, on_wait=heartbeat)
                 commit = self._deployed_commit(mirror, release, service.branch)
                 ensure_worktree(mirror.path, worktree_path, commit, on_wait=heartbeat)
         except GitError as exc:
@@ -201,15 +192,9 @@ class GitActivities:
         timeout = float(self.config.limits.sync_timeout_s)
         try:
             with locked(mirror, on_wait=heartbeat):
-                # As in sync_repo: a full sha already mirrored cannot move, so no fetch. A fix
-                # the mirror lacks then cannot be in it either (a commit brings its ancestors).
-                known = (
-                    FULL_SHA.match(release) is not None
-                    and mirror.path.is_dir()
-                    and resolve_commit(mirror.path, release, on_wait=heartbeat) == release
-                )
-                if not known:
-                    update_mirror(mirror, timeout, on_wait=heartbeat)
+                # A fix the mirror lacks cannot be in the release (a commit brings its
+                # ancestors), so a release already mirrored needs no fetch either.
+                update_unless_mirrored(mirror, release, timeout, on_wait=heartbeat)
                 release_commit = resolve_commit(mirror.path, release, on_wait=heartbeat)
                 if release_commit is None:
                     return ReleaseCheck(

@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 
 from remedy.config import ConfigError, RemedyConfig
 from remedy.git.runner import (
+    FULL_SHA,
     HEARTBEAT_INTERVAL_S,
     OnWait,
     git_text,
@@ -119,6 +120,21 @@ def update_mirror(mirror: Mirror, timeout: float, *, on_wait: OnWait | None = No
         on_wait=on_wait,
     )
     os.rename(partial, mirror.path)
+
+
+def update_unless_mirrored(
+    mirror: Mirror, rev: str | None, timeout: float, *, on_wait: OnWait | None = None
+) -> None:
+    """Fetch, unless `rev` is a full sha the mirror already holds: one cannot move, so it
+    needs no network. The caller holds `locked(mirror)`."""
+    known = (
+        rev is not None
+        and FULL_SHA.match(rev) is not None
+        and mirror.path.is_dir()
+        and resolve_commit(mirror.path, rev, on_wait=on_wait) == rev
+    )
+    if not known:
+        update_mirror(mirror, timeout, on_wait=on_wait)
 
 
 def ensure_commit(
