@@ -122,17 +122,19 @@ async def skipping(
 
 
 async def begin(
-    client: Client, queue: str, start: IncidentStart
+    client: Client, queue: str, start: IncidentStart, fakes: FakeActivities
 ) -> WorkflowHandle[IncidentWorkflow, IncidentStatus]:
-    return await start_incident(client, queue, start, execution_timeout=timedelta(days=90))
+    """Start the following incident; return once it watches the forge (it follows)."""
+    handle = await start_incident(client, queue, start, execution_timeout=timedelta(days=90))
+    await eventually(lambda: _watched(fakes))
+    return handle
 
 
 async def test_merged_then_deployed_then_held_after_the_window(
     skipping: tuple[Client, str], fakes: FakeActivities
 ) -> None:
     client, queue = skipping
-    handle = await begin(client, queue, following())
-    await eventually(lambda: _watched(fakes))
+    handle = await begin(client, queue, following(), fakes)
     await handle.signal(
         IncidentWorkflow.change,
         ChangeSignal(state="merged", merge_commit=MERGE_COMMIT, source="webhook"),
@@ -168,8 +170,7 @@ async def test_reports_from_a_release_without_the_fix_do_not_fail_it(
     skipping: tuple[Client, str], fakes: FakeActivities
 ) -> None:
     client, queue = skipping
-    handle = await begin(client, queue, following())
-    await eventually(lambda: _watched(fakes))
+    handle = await begin(client, queue, following(), fakes)
     await handle.signal(IncidentWorkflow.change, ChangeSignal(state="merged", source="webhook"))
     await handle.signal(IncidentWorkflow.deployed, DeploySignal(release=FIXED))
     await wait_for_phase(handle, Phase.FIX_DEPLOYED)
@@ -198,8 +199,7 @@ async def test_the_error_recurring_on_a_fixed_release_fails_the_fix_and_opens_a_
     start = following(forge="github")
     first = start.follow_up
     assert first is not None
-    handle = await begin(client, queue, start)
-    await eventually(lambda: _watched(fakes))
+    handle = await begin(client, queue, start, fakes)
     await handle.signal(
         IncidentWorkflow.change, ChangeSignal(state="merged", merge_commit=MERGE_COMMIT)
     )
@@ -242,8 +242,7 @@ async def test_a_change_closed_unmerged_is_abandoned(
     skipping: tuple[Client, str], fakes: FakeActivities
 ) -> None:
     client, queue = skipping
-    handle = await begin(client, queue, following())
-    await eventually(lambda: _watched(fakes))
+    handle = await begin(client, queue, following(), fakes)
     await handle.signal(IncidentWorkflow.change, ChangeSignal(state="closed", source="webhook"))
     final = await finished(handle)
     assert final.phase == Phase.FIX_ABANDONED
@@ -259,7 +258,7 @@ async def test_the_forge_watch_finds_the_merge_and_a_late_webhook_changes_nothin
     client, queue = skipping
     # The first watch span ends with the change still open; the second finds it merged.
     fakes.change_states = [ChangeState(state="open"), ChangeState(state="merged")]
-    handle = await begin(client, queue, following())
+    handle = await begin(client, queue, following(), fakes)
     merged = await wait_for_phase(handle, Phase.FIX_MERGED)
     assert merged.reason == f"merged as {BRANCH_COMMIT[:12]} (poll)"
     assert len(fakes.watches) == 2 and fakes.watches[0].branch == "main"
@@ -272,8 +271,7 @@ async def test_a_merged_change_never_deployed_stops_being_followed(
     skipping: tuple[Client, str], fakes: FakeActivities
 ) -> None:
     client, queue = skipping
-    handle = await begin(client, queue, following())
-    await eventually(lambda: _watched(fakes))
+    handle = await begin(client, queue, following(), fakes)
     await handle.signal(IncidentWorkflow.change, ChangeSignal(state="merged"))
     await wait_for_phase(handle, Phase.FIX_MERGED)
     await handle.signal(IncidentWorkflow.deployed, DeploySignal(release=OLD))
@@ -397,7 +395,7 @@ async def test_weeks_of_following_continue_as_new_as_the_same_incident(merged: b
             start = following()
             assert start.follow_up is not None
             incident_id = start.follow_up.incident_id
-            handle = await begin(client, queue, start)
+            handle = await begin(client, queue, start, fakes)
             if merged:
                 await handle.signal(IncidentWorkflow.change, ChangeSignal(state="merged"))
                 await wait_for_phase(handle, Phase.FIX_MERGED)
