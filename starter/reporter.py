@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -258,7 +258,7 @@ class TemporalReporter:
             id=workflow_id,
             task_queue=self._task_queue,
             id_reuse_policy=reuse,
-            search_attributes=_initial_search_attributes(start, start.occurrences),
+            search_attributes=temporal_ui.initial_search_attributes(start),
             # What the Temporal UI's list and detail page show for the incident.
             static_summary=temporal_ui.incident_summary(start),
             static_details=temporal_ui.incident_details(start),
@@ -438,21 +438,4 @@ async def _recurrence(
         or names.incident_id_for(start.service, start.fingerprint, description.run_id),
         phase=phase,
         occurrences=attributes.get(names.SA_OCCURRENCES) or 0,
-    )
-
-
-def _initial_search_attributes(start: IncidentStart, count: int) -> TypedSearchAttributes:
-    # Set at start so the incident is filterable in the UI before its first workflow task.
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(names.SA_SERVICE, start.service),
-            SearchAttributePair(
-                names.SA_PHASE,
-                start.recurrence_of.phase.value if start.recurrence_of else Phase.RECEIVED.value,
-            ),
-            SearchAttributePair(names.SA_SEVERITY, start.severity.value),
-            SearchAttributePair(names.SA_ERROR_TYPE, start.event.error.type),
-            SearchAttributePair(names.SA_FINGERPRINT, start.fingerprint),
-            SearchAttributePair(names.SA_OCCURRENCES, count),
-        ]
     )

@@ -25,9 +25,7 @@ from typing import Any, Literal, TypeVar, overload
 from temporalio import workflow
 from temporalio.common import (
     RetryPolicy,
-    SearchAttributePair,
     SearchAttributeUpdate,
-    TypedSearchAttributes,
 )
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
@@ -784,7 +782,7 @@ class IncidentWorkflow:
         workflow.continue_as_new(
             reopened,
             memo={names.MEMO_INCIDENT_ID: ""},
-            search_attributes=_first_search_attributes(reopened),
+            search_attributes=temporal_ui.initial_search_attributes(reopened),
         )
 
     async def _continue_following(self) -> None:
@@ -992,20 +990,6 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError, ActivityError):
         await task
-
-
-def _first_search_attributes(start: IncidentStart) -> TypedSearchAttributes:
-    """A new incident's attributes, as the intake starts one (starter/reporter.py)."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(names.SA_SERVICE, start.service),
-            SearchAttributePair(names.SA_PHASE, Phase.RECEIVED.value),
-            SearchAttributePair(names.SA_SEVERITY, start.severity.value),
-            SearchAttributePair(names.SA_ERROR_TYPE, start.event.error.type),
-            SearchAttributePair(names.SA_FINGERPRINT, start.fingerprint),
-            SearchAttributePair(names.SA_OCCURRENCES, start.occurrences),
-        ]
-    )
 
 
 def _failure_reason(failed: FixAttempt, tries: int) -> str:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+
+from remedy import names
 from remedy.models import IncidentStart, IncidentStatus, Phase
 from remedy.render.phases import phase_label
 from remedy.render.sanitize import inline, one_line, own_link, visible
@@ -90,3 +93,21 @@ def step_summary(step: str, status: IncidentStatus) -> str:
 def wait_summary(what: str, after: timedelta) -> str:
     """A timer as the event history lists it: "approval reminder after 0:30:00"."""
     return f"{what} after {after}"
+
+
+def initial_search_attributes(start: IncidentStart) -> TypedSearchAttributes:
+    """What the UI's incident list filters on, set when a run starts (by the intake, or by a
+    fix_failed incident continuing as the next one), before its first workflow task."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(names.SA_SERVICE, start.service),
+            SearchAttributePair(
+                names.SA_PHASE,
+                start.recurrence_of.phase.value if start.recurrence_of else Phase.RECEIVED.value,
+            ),
+            SearchAttributePair(names.SA_SEVERITY, start.severity.value),
+            SearchAttributePair(names.SA_ERROR_TYPE, start.event.error.type),
+            SearchAttributePair(names.SA_FINGERPRINT, start.fingerprint),
+            SearchAttributePair(names.SA_OCCURRENCES, start.occurrences),
+        ]
+    )
