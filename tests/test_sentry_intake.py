@@ -7,6 +7,7 @@ conventions, keys, item types, DSNs, fuzz) on one page, as tests/test_intake.py 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import random
@@ -24,6 +25,7 @@ import pytest
 from sentry_sdk.envelope import Envelope, Item, PayloadRef
 from sentry_sdk.utils import Dsn
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 from typer.testing import CliRunner
 
@@ -180,7 +182,9 @@ async def test_a_python_storm_is_one_incident_with_an_exact_count(
             return (await handle.query(IncidentWorkflow.status)).occurrences == 60
 
         await eventually(exact)
-        await handle.terminate("test done")
+        # A storm that ended before the triage did leaves no recurrence run: nothing to stop.
+        with contextlib.suppress(RPCError):
+            await handle.terminate("test done")
 
 
 @pytest.fixture(scope="session")
