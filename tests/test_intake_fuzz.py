@@ -381,10 +381,17 @@ async def test_thousands_of_hostile_requests_get_no_5xx_and_start_nothing(
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30
     ) as http:
+        dropped: list[str] = []
 
         async def sender() -> None:
             for case in pending:
-                reply = await _send(http, case)
+                try:
+                    reply = await _send(http, case)
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    # A keep-alive connection the server closed (after refusing a body it did
+                    # not read) as this request went out on it: the client's to retry, once.
+                    dropped.append(case.kind)
+                    reply = await _send(http, case)
                 statuses[case.kind, reply.status_code] += 1
                 if reply.status_code >= 500:
                     server_errors.append(f"{case.kind} {reply.status_code} {reply.text[:200]}")
@@ -394,6 +401,7 @@ async def test_thousands_of_hostile_requests_get_no_5xx_and_start_nothing(
         elapsed = time.monotonic() - started
 
         assert server_errors == [], f"{len(server_errors)} answers >= 500: {server_errors[:10]}"
+        assert len(dropped) <= len(cases) // 100, f"{len(dropped)} connections dropped: {dropped}"
         assert [status for status in raw if status is not None and status >= 500] == []
         assert reporter.starts == [], f"{len(reporter.starts)} reports started an incident"
         # The fuzz reached every check, not only the first one.
