@@ -14,8 +14,10 @@ The sandbox is probed once, at first use. Where it cannot run, verification is `
 sandbox (<why>)`, unless `[sandbox] allow_unsandboxed` accepts the older, weaker isolation
 (a network namespace, a scrubbed environment, rlimits), which the summary then says.
 
-When the model wrote a regression test, it runs on its own before and after the patch: failing
-before and passing after marks the fix as reproduced-and-fixed.
+When the model wrote a regression test, it runs on its own before the patch, and after it inside
+the suite's run, written into its tree (`split_regression_test` tells the two apart by the
+counts and the failing tests' names; where it cannot, the suite and the test each run alone):
+failing before and passing after marks the fix as reproduced-and-fixed.
 
 No run is repeated for the same inputs (`remedy.sandbox.cache`): a finished run is kept by a
 hash of its tree, command line and environment, so the next incident on the same commit reuses
@@ -59,7 +61,13 @@ from remedy.patching import EditRefused, repo_path
 from remedy.sandbox.bwrap import command_prefixes, exposed, python_prefixes, read_only_paths
 from remedy.sandbox.cache import RunCache, RunInputs, RunRecord, environment_of
 from remedy.sandbox.limits import MB, SandboxLimits
-from remedy.sandbox.results import judge, output_tail, parse_test_output, read_tail
+from remedy.sandbox.results import (
+    judge,
+    output_tail,
+    parse_test_output,
+    read_tail,
+    split_regression_test,
+)
 from remedy.sandbox.runner import (
     Bubblewrap,
     Confinement,
@@ -345,8 +353,9 @@ class SandboxActivities:
         scratch: _Scratch,
         confinement: Confinement,
     ) -> VerificationResult:
-        """Plan the four runs, reuse the finished ones, start the rest at once (bounded by
-        `self._slots`), each in a copy exported before the scratch clone moves on."""
+        """Plan the runs (the suite before and after the patch, the regression test before
+        it), reuse the finished ones, start the rest at once (bounded by `self._slots`), each
+        in a copy exported before the scratch clone moves on."""
         worktree = request.worktree
         short = worktree.commit[:12]
         try:
@@ -363,9 +372,11 @@ class SandboxActivities:
         finished: dict[str, tuple[RunRecord, bool]] = {}
         running: dict[str, asyncio.Task[tuple[RunRecord, bool]]] = {}
 
-        async def start(label: str, tree: str, with_test: bool) -> None:
-            line = f"{command} {shlex.quote(test_path)}" if with_test and test_path else command
-            inputs = RunInputs(tree, line, environment, written if with_test else None)
+        async def start(label: str, tree: str, *, test_in_tree: bool, only_test: bool) -> None:
+            """Launch a run of the tree; with the regression test written in, and with the
+            command line naming it, so that only it runs."""
+            line = f"{command} {shlex.quote(test_path)}" if only_test and test_path else command
+            inputs = RunInputs(tree, line, environment, written if test_in_tree else None)
             launched = await self._launch(
                 label,
                 inputs,
@@ -373,17 +384,22 @@ class SandboxActivities:
                 confinement,
                 commit=worktree.commit,
                 reuse=reuse,
-                test=(test_path, test_text) if with_test and test_path else None,
+                test=(test_path, test_text) if test_in_tree and test_path else None,
             )
             if isinstance(launched, asyncio.Task):
                 running[label] = launched
             else:
                 finished[label] = launched
 
+        async def settle() -> None:
+            for label in list(running):
+                finished[label] = await running.pop(label)
+
+        split: tuple[CommandRun, CommandRun] | None = None
         try:
-            await start("before", base_tree, with_test=False)
+            await start("before", base_tree, test_in_tree=False, only_test=False)
             if test_path:
-                await start("regression-before", base_tree, with_test=True)
+                await start("regression-before", base_tree, test_in_tree=True, only_test=True)
             code, out = await self._apply(request, diff, scratch.repo)
             if code == 0:
                 code, out = await _git("-C", scratch.repo, "write-tree")
@@ -393,27 +409,44 @@ class SandboxActivities:
                     summary=f"the patch does not apply at {short}: {out[-500:]}",
                     regression_test=test_path,
                 )
-            await start("after", out.strip(), with_test=False)
+            patched = out.strip()
+            # The suite after the patch runs with the regression test in its tree: one run
+            # where there were two, told apart afterwards; where they cannot be, each runs alone.
+            after = "after-with-test" if test_path else "after"
+            await start(after, patched, test_in_tree=bool(test_path), only_test=False)
+            await settle()
             if test_path:
-                await start("regression-after", out.strip(), with_test=True)
-            for label, task in running.items():
-                finished[label] = await task
+                combined = finished.pop(after)
+                split = split_regression_test(
+                    _run_of("after", *combined),
+                    _run_of("before", *finished["before"]),
+                    _run_of("regression-before", *finished["regression-before"]),
+                    test_path,
+                )
+                if split is not None:
+                    finished["after"] = combined
+                else:
+                    await start("after", patched, test_in_tree=False, only_test=False)
+                    await start("regression-after", patched, test_in_tree=True, only_test=True)
+                    await settle()
         except _NoCopy as exc:
             return VerificationResult(status="error", summary=str(exc), regression_test=test_path)
         finally:
             for task in running.values():
                 task.cancel()
             await asyncio.gather(*running.values(), return_exceptions=True)
+        folder = names.attempt_folder(request.incident_id, request.attempt)
         order = ["before", "regression-before", "after", "regression-after"]
         runs = {
-            label: self._report(
-                names.attempt_folder(request.incident_id, request.attempt),
-                label,
-                *finished[label],
-            )
+            label: self._report(folder, label, *finished[label])
             for label in order
             if label in finished
         }
+        if split is not None:
+            log = runs["after"].log
+            runs["after"], runs["regression-after"] = (
+                run.model_copy(update={"log": log}) for run in split
+            )
         reproduced: bool | None = None
         if test_path:
             test_before, test_after = runs["regression-before"], runs["regression-after"]
@@ -501,15 +534,19 @@ class SandboxActivities:
         """The run as the incident keeps it, its log among the incident's (or this try's)
         artifacts."""
         ref = self._store.put_bytes(f"{folder}/verify/{label}.log", record.log)
-        return CommandRun(
-            label=label,
-            exit_code=record.exit_code,
-            timed_out=record.timed_out,
-            signal=record.signal,
-            duration_s=record.duration_s,
-            passed=record.passed,
-            failed=record.failed,
-            failures=record.failures,
-            log=ref,
-            cached_from=None if ran_now else record.commit,
-        )
+        return _run_of(label, record, ran_now).model_copy(update={"log": ref})
+
+
+def _run_of(label: str, record: RunRecord, ran_now: bool) -> CommandRun:
+    """A finished run as a verification reports it, without its log."""
+    return CommandRun(
+        label=label,
+        exit_code=record.exit_code,
+        timed_out=record.timed_out,
+        signal=record.signal,
+        duration_s=record.duration_s,
+        passed=record.passed,
+        failed=record.failed,
+        failures=record.failures,
+        cached_from=None if ran_now else record.commit,
+    )

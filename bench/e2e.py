@@ -352,7 +352,7 @@ async def run_incident(
         llm_seconds=sum(end - start for start, end in llm.spans if posted <= start <= done),
         phases=phase_seconds(status, posted_wall, done_wall),
         fingerprint=status.fingerprint,
-        ran=[run.duration_s for run in runs if not run.cached_from],
+        ran=[run.duration_s for run in runs if not (run.cached_from or run.ran_with)],
         reused=sum(1 for run in runs if run.cached_from),
     )
 

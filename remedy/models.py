@@ -832,6 +832,11 @@ class CommandRun(BaseModel):
     cached_from: str | None = Field(
         default=None, description="Reused, not run: the commit whose verification ran it"
     )
+    ran_with: str | None = Field(
+        default=None,
+        description="Not run on its own: counted from this run (the suite after the patch, "
+        "with the regression test in its tree)",
+    )
 
 
 # ---------------------------------------------------------------------- slack and github (issue 5)

@@ -137,9 +137,11 @@ def _tail(store: ArtifactStore, ref: ArtifactRef) -> tuple[str | None, str | Non
 
 
 def _verification_output(status: IncidentStatus, store: ArtifactStore) -> list[VerificationOutput]:
-    """The runs on the patched tree (the suite, then the regression test), else the last run."""
+    """The runs on the patched tree (the suite, then the regression test unless it ran inside
+    the suite's run, whose log it shares), else the last run."""
     runs = status.verification.runs if status.verification else []
-    shown = [run for run in runs if run.label.endswith("after")] or runs[-1:]
+    after = [run for run in runs if run.label.endswith("after") and not run.ran_with]
+    shown = after or runs[-1:]
     outputs = []
     for run in shown:
         text, missing = _tail(store, run.log) if run.log else (None, "the run kept no log")

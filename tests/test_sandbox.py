@@ -20,6 +20,7 @@ from activities.sandbox import SandboxActivities
 from remedy.artifacts import ArtifactStore
 from remedy.config import LimitsConfig, RemedyConfig, SandboxConfig, ServiceConfig
 from remedy.models import (
+    CommandRun,
     Edit,
     PatchResult,
     RegressionTest,
@@ -29,7 +30,7 @@ from remedy.models import (
 )
 from remedy.sandbox.bwrap import HOME, exposed, python_prefixes, read_only_paths
 from remedy.sandbox.limits import SandboxLimits
-from remedy.sandbox.results import parse_test_output
+from remedy.sandbox.results import parse_test_output, split_regression_test
 from remedy.sandbox.runner import (
     Bubblewrap,
     Confinement,
@@ -43,6 +44,7 @@ from remedy.sandbox.runner import (
 from tests.repos import git, make_service_repo
 
 PYTHON = sys.executable
+TEST_PATH = "tests/test_regression.py"
 LIMITS = SandboxLimits(
     wall_s=20, cpu_s=20, memory_bytes=1024 * 1024 * 1024, file_bytes=64 * 1024 * 1024
 )
@@ -305,6 +307,72 @@ def test_pytest_and_unittest_summaries_are_read() -> None:
     assert parse_test_output("make: *** [test] Error 1").passed is None
 
 
+def _run(label: str, exit_code: int, passed: int, failed: int, *failures: str) -> CommandRun:
+    return CommandRun(
+        label=label, exit_code=exit_code, passed=passed, failed=failed, failures=list(failures)
+    )
+
+
+def _told_apart(
+    combined: CommandRun, before: CommandRun, test_before: CommandRun
+) -> tuple[CommandRun, CommandRun]:
+    split = split_regression_test(combined, before, test_before, TEST_PATH)
+    assert split is not None, "could not be told apart"
+    return split
+
+
+def test_the_suite_with_the_regression_test_is_told_apart() -> None:
+    test_id = "tests/test_regression.py::test_qty"
+    before, test_before = _run("before", 0, 5, 0), _run("regression-before", 1, 0, 1, test_id)
+
+    suite, test = _told_apart(_run("after", 0, 6, 0), before, test_before)
+    assert (suite.label, suite.exit_code, suite.passed, suite.failed) == ("after", 0, 5, 0)
+    assert (test.label, test.exit_code, test.passed, test.ran_with) == (
+        "regression-after", 0, 1, "after"
+    )  # fmt: skip
+
+    broken = _run("after", 1, 4, 2, "tests/test_cart.py::test_total", test_id)
+    suite, test = _told_apart(broken, before, test_before)
+    assert (suite.exit_code, suite.passed, suite.failures) == (
+        1,
+        4,
+        ["tests/test_cart.py::test_total"],
+    )
+    assert (test.exit_code, test.passed, test.failures) == (1, 0, [test_id])
+
+    # pytest's ids are relative to its rootdir: the test's own run before names them so.
+    nested = "svc/tests/test_regression.py::test_qty"
+    suite, test = _told_apart(
+        _run("after", 1, 5, 1, nested),
+        before,
+        _run("regression-before", 1, 0, 1, nested),
+    )
+    assert (suite.exit_code, test.exit_code, test.failures) == (0, 1, [nested])
+
+    unittest_id = "tests.test_regression.QtyTest.test_qty"
+    suite, test = _told_apart(
+        _run("after", 1, 5, 1, unittest_id), before, _run("regression-before", 1, 0, 1)
+    )
+    assert (suite.exit_code, test.failures) == (0, [unittest_id])
+
+
+def test_a_run_that_cannot_be_told_apart_is_not() -> None:
+    before, test_before = _run("before", 0, 5, 0), _run("regression-before", 1, 0, 1)
+    cannot = {
+        "the suite did not collect the test": _run("after", 0, 5, 0),
+        "the patch added a test": _run("after", 0, 7, 0),
+        "no counts": CommandRun(label="after", exit_code=0),
+        "a failure no count shows": _run("after", 3, 6, 0),
+        "counts that say a test failed, exit 0": _run("after", 0, 5, 1),
+        "two failures named, one counted": _run("after", 1, 5, 1, "elsewhere", TEST_PATH),
+        "timed out": _run("after", 0, 6, 0).model_copy(update={"timed_out": True}),
+    }
+    for why, combined in cannot.items():
+        assert split_regression_test(combined, before, test_before, TEST_PATH) is None, why
+    no_tests = _run("regression-before", 5, 0, 0)
+    assert split_regression_test(_run("after", 0, 5, 0), before, no_tests, TEST_PATH) is None
+
+
 # ---------------------------------------------------------------------------- verify_patch
 
 CART = """def total(items):
@@ -405,6 +473,11 @@ async def test_a_fix_that_passes_and_reproduces_the_error(tmp_path: Path) -> Non
         "regression-after",
     ]
     assert [r.exit_code == 0 for r in result.runs] == [True, False, True, True]
+    # One run after the patch, the suite with the test in its tree, told apart.
+    after, test_after = result.runs[2:]
+    assert (after.ran_with, test_after.ran_with) == (None, "after")
+    assert (after.passed, test_after.passed) == (1, 1) and test_after.log == after.log
+    assert "2 passed" in shop.store.get_text(f"{INCIDENT}/verify/after.log")
     assert "reproduced and fixed" in result.summary
     assert result.regression_test == "tests/test_regression_qty.py"
     assert result.network_isolated is True
@@ -454,6 +527,38 @@ async def test_a_regression_test_that_passes_before_the_fix_reproduces_nothing(
     result = await shop.verify(patch, trivial)
     assert result.status == "passed" and result.reproduced is False
     assert "not reproduced" in result.summary
+
+
+@needs_sandbox
+async def test_a_regression_test_still_failing_after_the_fix_is_the_tests_not_the_suites(
+    tmp_path: Path,
+) -> None:
+    shop = Shop(tmp_path, PYTEST)
+    patch = shop.patch('item["qty"]', 'item.get("qty", 0)')
+    result = await shop.verify(patch, shop.regression())
+
+    assert result.status == "passed" and result.reproduced is False, result.summary
+    assert result.new_failures == [] and result.tests_run == 1
+    test_after = result.runs[3]
+    assert test_after.ran_with == "after" and test_after.exit_code != 0
+    assert test_after.failures == [
+        "tests/test_regression_qty.py::test_an_item_without_qty_counts_once"
+    ]
+    assert "not reproduced" in result.summary and "counted in the after run" in result.summary
+
+
+@needs_sandbox
+async def test_a_regression_test_the_suite_does_not_collect_runs_alone_after_the_fix(
+    tmp_path: Path,
+) -> None:
+    shop = Shop(tmp_path, PYTEST)
+    patch = shop.patch('item["qty"]', 'item.get("qty", 1)')
+    result = await shop.verify(patch, shop.regression("checks/qty_regression.py"))
+
+    assert result.status == "passed" and result.reproduced is True, result.summary
+    assert [run.ran_with for run in result.runs] == [None] * 4
+    assert [run.passed for run in result.runs] == [1, 0, 1, 1]
+    assert "2 passed" not in shop.store.get_text(f"{INCIDENT}/verify/after.log")
 
 
 async def test_without_a_test_command_verification_is_skipped(tmp_path: Path) -> None:

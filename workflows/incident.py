@@ -474,7 +474,7 @@ class IncidentWorkflow:
                 regression_test=regression.test,
                 attempt=attempt,
             ),
-            # Four suite runs (before/after, suite/regression test) plus a clone.
+            # Up to four suite runs (before/after, suite/regression test) plus a clone.
             timeout=timedelta(hours=3),
         )
         if status.verification.status == "failed":

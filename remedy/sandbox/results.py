@@ -76,7 +76,63 @@ def describe(run: CommandRun) -> str:
     counts = f"{run.passed} passed, {run.failed} failed" if run.passed is not None else ""
     state = "passed" if run.exit_code == 0 else f"failed (exit {run.exit_code})"
     reused = f" (cached from {run.cached_from[:12]})" if run.cached_from else ""
-    return f"{state}{f': {counts}' if counts else ''}{reused}"
+    shared = f" (counted in the {run.ran_with} run)" if run.ran_with else ""
+    return f"{state}{f': {counts}' if counts else ''}{reused}{shared}"
+
+
+def _counts(run: CommandRun) -> tuple[int, int] | None:
+    """(passed, failed) of a run that ended within its limits and printed a summary."""
+    if run.timed_out or run.signal or run.passed is None or run.failed is None:
+        return None
+    return run.passed, run.failed
+
+
+def split_regression_test(
+    combined: CommandRun, suite_before: CommandRun, test_before: CommandRun, test_path: str
+) -> tuple[CommandRun, CommandRun] | None:
+    """The suite's part and the regression test's part of one run after the patch of the suite
+    with the test in its tree: (after, regression-after), both keeping the run's log. None when
+    the output cannot tell them apart (no counts, a limit hit, totals that do not add up to the
+    suite's before plus the test's own, as when the patch changes the tests or the suite does
+    not collect the test, or failures that cannot be told apart): then each runs on its own.
+
+    The test's failures are the ones named after its file, as pytest names it (the file part
+    of the ids its own run printed before the patch, or `test_path`) or as unittest names its
+    module."""
+    counts, suite_counts = _counts(combined), _counts(suite_before)
+    test_counts = _counts(test_before)
+    if counts is None or suite_counts is None or test_counts is None:
+        return None
+    passed, failed = counts
+    in_test = sum(test_counts)
+    if in_test == 0 or passed + failed != sum(suite_counts) + in_test:
+        return None
+    if (combined.exit_code == 0) != (failed == 0):
+        return None  # a failure not counted (exit 5, an error at exit) or counts that lie
+    files = {test_path} | {name.split("::")[0] for name in test_before.failures if "::" in name}
+    module = test_path.removesuffix(".py").replace("/", ".") + "."
+
+    def of_test(name: str) -> bool:
+        return name.split("::")[0] in files or name.startswith(module)
+
+    test_failures = [name for name in combined.failures if of_test(name)]
+    suite_failures = [name for name in combined.failures if not of_test(name)]
+    test_failed = len(test_failures)
+    suite_failed = failed - test_failed
+    test_passed = in_test - test_failed
+    suite_passed = passed - test_passed
+    if min(suite_failed, test_passed, suite_passed) < 0 or (suite_failures and not suite_failed):
+        return None
+
+    def part(label: str, passed: int, failed: int, failures: list[str]) -> CommandRun:
+        exit_code = combined.exit_code if failed else 0
+        update = {"label": label, "passed": passed, "failed": failed, "failures": failures}
+        return combined.model_copy(update={**update, "exit_code": exit_code})
+
+    suite = part("after", suite_passed, suite_failed, suite_failures)
+    test = part("regression-after", test_passed, test_failed, test_failures)
+    test.ran_with = "after"
+    return suite, test
 
 
 def judge(
