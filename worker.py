@@ -46,15 +46,19 @@ def build_activities(config: RemedyConfig, store: ArtifactStore) -> list[Callabl
     from activities.llm import DiagnosisActivities
     from activities.sandbox import SandboxActivities
     from activities.slack import SlackActivities
+    from remedy.index.store import StoreKeeper
 
-    index = IndexActivities(config, store)
+    # One embedded store for the index activities and the people's searches, kept open
+    # between incidents.
+    keeper = StoreKeeper(config, idle_s=config.qdrant.keep_open_s)
+    index = IndexActivities(config, store, keeper)
     git = GitActivities(config, store)
     forge = LocalForge(config, store)
     github = GitHubActivities(config, store)
     slack = SlackActivities(config, store)
     diagnosis = DiagnosisActivities(config, store, search_code=index.search_code)
     sandbox = SandboxActivities(config, store)
-    people = IndexService(config)
+    people = IndexService(config, keeper)
     return [
         index.index_repo,
         index.find_related,

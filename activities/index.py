@@ -2,16 +2,16 @@
 
 An adapter over remedy.index: it reads the worktree and the artifacts, heartbeats with the
 index run's progress and classifies failures. Sync activities (the worker runs them on its
-thread pool). Each call opens the vector store, does its work and closes it, so the embedded
-store is never held between incidents and a `remedy index` from the CLI can take its turn;
-the embedding model stays loaded for the life of the process (remedy.index.embed.get_embedder).
+thread pool). Each call borrows the vector store from the worker's `StoreKeeper`, which keeps
+it open while incidents keep coming and closes it `[qdrant] keep_open_s` after the last one,
+so a `remedy index` from the CLI can take its turn; the embedding model stays loaded for the
+life of the process (remedy.index.embed.get_embedder).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from pathlib import Path
 
 from temporalio import activity
@@ -33,10 +33,10 @@ from remedy.index.related import (
 )
 from remedy.index.store import (
     EDGE_LOCK_TIMEOUT_S,
+    OnWait,
     StoreBusy,
     StoreError,
-    VectorStore,
-    open_vector_store,
+    StoreKeeper,
 )
 from remedy.models import (
     IndexRequest,
@@ -104,26 +104,28 @@ class IndexActivities:
         self,
         config: RemedyConfig,
         store: ArtifactStore,
-        vector_store: Callable[[], VectorStore] | None = None,
+        keeper: StoreKeeper | None = None,
         incident_lock_timeout_s: float = INCIDENT_LOCK_TIMEOUT_S,
     ) -> None:
         self.config = config
         self.store = store
-        self._vector_store = vector_store
+        self._keeper = keeper or StoreKeeper(config)
         self._incident_lock_timeout_s = incident_lock_timeout_s
 
     def _index(
-        self, holder: str, lock_timeout_s: float | None = None
+        self,
+        holder: str,
+        lock_timeout_s: float | None = None,
+        on_wait: OnWait | None = _report_wait,
     ) -> contextlib.AbstractContextManager[CodeIndex]:
-        def open_store() -> VectorStore:
-            return open_vector_store(
-                self.config,
+        return code_index(
+            self.config,
+            lambda: self._keeper.lend(
                 lock_timeout_s=lock_timeout_s or self._incident_lock_timeout_s,
                 holder=holder,
-                on_wait=_report_wait,
-            )
-
-        return code_index(self.config, self._vector_store or open_store)
+                on_wait=on_wait,
+            ),
+        )
 
     # -- the model's search_code tool ----------------------------------------
 
@@ -135,18 +137,14 @@ class IndexActivities:
     def _search_code(self, worktree: Worktree, query: str, limit: int) -> list[RelatedCode]:
         repo = repo_key(self.config, worktree.service, worktree.path)
         try:
-            with code_index(self.config, self._tool_store) as index:
+            holder = "the diagnosis's search_code"
+            with self._index(holder, TOOL_LOCK_TIMEOUT_S, on_wait=None) as index:
                 if worktree.commit not in index.indexed_commits(repo):
                     return []
                 hits = index.search(repo, worktree.commit, [query], limit)[:limit]
         except StoreError:
             return []
         return [related_code(h) for h in hits]
-
-    def _tool_store(self) -> VectorStore:
-        return open_vector_store(
-            self.config, lock_timeout_s=TOOL_LOCK_TIMEOUT_S, holder="the diagnosis's search_code"
-        )
 
     # -- index_repo -----------------------------------------------------------
 

@@ -10,7 +10,6 @@ bar; the embedded store's lock then names this worker as its holder.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -21,7 +20,7 @@ from remedy.git.runner import GitError
 from remedy.index.core import CodeIndex, code_index
 from remedy.index.service import IndexJob, IndexRefused, SearchAnswer, SearchRequest, run_index
 from remedy.index.service import search as search_index
-from remedy.index.store import EDGE_LOCK_TIMEOUT_S, StoreError, VectorStore, open_vector_store
+from remedy.index.store import EDGE_LOCK_TIMEOUT_S, StoreError, StoreKeeper
 from remedy.models import IndexResult
 
 
@@ -37,22 +36,17 @@ def _refused(exc: Exception) -> ApplicationError:
 class IndexService:
     """search_index and index_on_request over the worker's config and loaded model."""
 
-    def __init__(
-        self, config: RemedyConfig, vector_store: Callable[[], VectorStore] | None = None
-    ) -> None:
+    def __init__(self, config: RemedyConfig, keeper: StoreKeeper | None = None) -> None:
         self.config = config
-        self._vector_store = vector_store
+        self._keeper = keeper or StoreKeeper(config)
 
     def _index(self, holder: str) -> contextlib.AbstractContextManager[CodeIndex]:
-        def open_store() -> VectorStore:
-            return open_vector_store(
-                self.config,
-                lock_timeout_s=EDGE_LOCK_TIMEOUT_S,
-                holder=holder,
-                on_wait=_report_wait,
-            )
-
-        return code_index(self.config, self._vector_store or open_store)
+        return code_index(
+            self.config,
+            lambda: self._keeper.lend(
+                lock_timeout_s=EDGE_LOCK_TIMEOUT_S, holder=holder, on_wait=_report_wait
+            ),
+        )
 
     @activity.defn(name=names.ACTIVITY_SEARCH_INDEX)
     def search_index(self, request: SearchRequest) -> SearchAnswer:

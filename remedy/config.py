@@ -360,6 +360,14 @@ class QdrantConfig(_Section):
     )
     max_file_bytes: int = Field(default=512 * 1024, ge=1024, description="Larger files skip")
     timeout_s: float = Field(default=30.0, gt=0, description="Per request to a Qdrant server")
+    keep_open_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="How long a worker keeps the store open after its last use, so incidents "
+        "in a row skip reopening it; another process waits at most this long once the "
+        "worker is idle (0: close after every activity)",
+    )
 
 
 class EmbeddingsConfig(_Section):

@@ -8,6 +8,7 @@ itself. Heavy libraries (torch, sentence-transformers, Qdrant) load only then, s
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -119,9 +120,11 @@ def _index_here(
         raise fail(str(exc)) from None
 
 
-def _store_for(config: RemedyConfig, holder: str) -> Callable[[], VectorStore]:
-    """The store, opened saying who holds it; while another process holds it, one line on
-    stderr says who that is (then one every 10 s), instead of a silent wait."""
+def _store_for(
+    config: RemedyConfig, holder: str
+) -> Callable[[], contextlib.AbstractContextManager[VectorStore]]:
+    """The store, opened saying who holds it and closed after; while another process holds
+    it, one line on stderr says who that is (then one every 10 s), instead of a silent wait."""
     from remedy.index.store import open_vector_store
 
     last_said = [-math.inf]
@@ -131,7 +134,7 @@ def _store_for(config: RemedyConfig, holder: str) -> Callable[[], VectorStore]:
             typer.echo(f"waiting for the code index: in use by {other}", err=True)
             last_said[0] = time.monotonic()
 
-    return lambda: open_vector_store(config, holder=holder, on_wait=say)
+    return lambda: contextlib.closing(open_vector_store(config, holder=holder, on_wait=say))
 
 
 def search(

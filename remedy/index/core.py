@@ -361,19 +361,18 @@ def repo_key(config: RemedyConfig, service: str | None, checkout: str) -> str:
 
 @contextlib.contextmanager
 def code_index(
-    config: RemedyConfig, factory: Callable[[], VectorStore] | None = None
+    config: RemedyConfig,
+    lend: Callable[[], contextlib.AbstractContextManager[VectorStore]] | None = None,
 ) -> Iterator[CodeIndex]:
-    """The configured index (store from `factory`, else `open_vector_store`), closed after."""
-    store = (factory or (lambda: open_vector_store(config)))()
-    try:
+    """The configured index over the store `lend` lends for the block (a worker's
+    `StoreKeeper`); else over one `open_vector_store` opens, closed after."""
+    with (lend or (lambda: contextlib.closing(open_vector_store(config))))() as store:
         yield CodeIndex(
             store,
             get_embedder(config.embeddings),
             keep_commits=config.qdrant.keep_commits,
             max_file_bytes=config.qdrant.max_file_bytes,
         )
-    finally:
-        store.close()
 
 
 def _regroup(

@@ -57,10 +57,16 @@ class EdgeStore(VectorStore):
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_file: IO[str] | None = _acquire(root / ".lock", lock_timeout_s, on_wait)
-        self._lock_file.truncate(0)
-        self._lock_file.write(_holder_line(holder))
-        self._lock_file.flush()
+        self.hold_for(holder)
         self._shards: dict[str, Any] = {}
+        self._unflushed: set[str] = set()
+
+    def hold_for(self, holder: str) -> None:
+        if self._lock_file is not None:
+            self._lock_file.seek(0)
+            self._lock_file.truncate(0)
+            self._lock_file.write(_holder_line(holder))
+            self._lock_file.flush()
 
     def _config(self, dimension: int) -> Any:
         qe = self._qe
@@ -91,6 +97,7 @@ class EdgeStore(VectorStore):
                 shard.update(
                     qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword)
                 )
+            self._unflushed.add(collection)
         self._shards[collection] = shard
 
     def _shard(self, collection: str) -> Any:
@@ -122,23 +129,26 @@ class EdgeStore(VectorStore):
             vector[LEXICAL] = self._qe.SparseVector(point.lexical.indices, point.lexical.values)
         return vector
 
+    def _update(self, collection: str, operation: Any) -> None:
+        self._shard(collection).update(operation)
+        self._unflushed.add(collection)
+
     def upsert(self, collection: str, points: Sequence[PointData]) -> None:
         if points:
             ops = [self._qe.Point(p.id, self._vector(p), p.payload) for p in points]
-            self._shard(collection).update(self._qe.UpdateOperation.upsert_points(ops))
+            self._update(collection, self._qe.UpdateOperation.upsert_points(ops))
 
     def set_payload(self, collection: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
         if ids:
-            op = self._qe.UpdateOperation.set_payload(list(ids), payload)
-            self._shard(collection).update(op)
+            self._update(collection, self._qe.UpdateOperation.set_payload(list(ids), payload))
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         if ids:
-            self._shard(collection).update(self._qe.UpdateOperation.delete_points(list(ids)))
+            self._update(collection, self._qe.UpdateOperation.delete_points(list(ids)))
 
     def delete_where(self, collection: str, where: Where) -> None:
         op = self._qe.UpdateOperation.delete_points_by_filter(self._filter(where))
-        self._shard(collection).update(op)
+        self._update(collection, op)
 
     def count(self, collection: str, where: Where) -> int:
         request = self._qe.CountRequest(filter=self._filter(where), exact=True)
@@ -188,9 +198,14 @@ class EdgeStore(VectorStore):
         points = self._shard(collection).query(request)
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
+    def flush(self) -> None:
+        for collection in self._unflushed:
+            self._shards[collection].flush()
+        self._unflushed.clear()
+
     def close(self) -> None:
+        self.flush()
         for shard in self._shards.values():
-            shard.flush()
             shard.close()
         self._shards.clear()
         if self._lock_file is not None:
