@@ -339,10 +339,13 @@ class CodeIndex:
     def similar_incidents(
         self, service: str, text: str, limit: int, exclude: str | None = None
     ) -> list[Hit]:
+        where = Where({"service": service})
+        if not self.store.count(self.incidents, where):
+            return []  # a service's first incidents: nothing to embed the question for
         vector = self.embedder.embed([text])[0]
         hits = self.store.hybrid(
             self.incidents, vector.tolist(), lexical_query(text),
-            Where({"service": service}), limit + 1, max(50, 4 * limit),
+            where, limit + 1, max(50, 4 * limit),
         )  # fmt: skip
         return [
             Hit(h.id, _normalised(h.score), h.payload)
