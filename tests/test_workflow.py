@@ -353,6 +353,18 @@ async def test_a_cold_repository_is_indexed_around_the_frames_then_filled_in(
     assert fakes.index_requests[0].frames == start.event.frames
 
 
+async def test_investigate_runs_while_the_index_is_brought_to_the_commit(
+    client: Client, task_queue: str, fakes: FakeActivities
+) -> None:
+    fakes.index_waits_for_investigate = True
+    final = await finished(await start_incident(client, task_queue, make_start()))
+    assert fakes.index_saw_investigate, "investigate waited for index_repo to finish"
+    assert final.evidence is not None and final.evidence.related_code, "find_related was skipped"
+    assert [p.phase for p in final.history][:4] == [
+        Phase.RECEIVED, Phase.SYNCING, Phase.INDEXING, Phase.INVESTIGATING
+    ]  # fmt: skip
+
+
 async def test_the_suite_before_starts_at_syncing_and_never_holds_or_fails_the_incident(
     client: Client, task_queue: str, fakes: FakeActivities
 ) -> None:

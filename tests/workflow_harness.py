@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -145,6 +146,10 @@ class FakeActivities:
     change_states: list[ChangeState] = field(default_factory=list)
     watches: list[WatchChangeRequest] = field(default_factory=list)
     comments: list[FixCommentRequest] = field(default_factory=list)
+    # Set once investigate runs: an index_repo told to wait for it sees whether they overlap.
+    investigating: asyncio.Event = field(default_factory=asyncio.Event)
+    index_waits_for_investigate: bool = False
+    index_saw_investigate: bool = False
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -166,6 +171,7 @@ class FakeActivities:
         @activity.defn(name=names.ACTIVITY_INVESTIGATE)
         async def investigate(request: InvestigateRequest) -> Evidence:
             self._count("investigate")
+            self.investigating.set()
             return Evidence(
                 summary="KeyError in app/cart.py:2 total()",
                 frames=[FrameEvidence(path="app/cart.py", line=2, function="total")],
@@ -228,6 +234,10 @@ class FakeActivities:
         async def index_repo(request: IndexRequest) -> IndexResult:
             self._count("index_repo")
             self.index_requests.append(request)
+            if self.index_waits_for_investigate:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.investigating.wait(), 5)
+                self.index_saw_investigate = self.investigating.is_set()
             return IndexResult(
                 repo=request.worktree.service,
                 commit=request.worktree.commit,

@@ -115,6 +115,10 @@ _PATCH_SUITE_BEFORE_EARLY = "suite-before-early"
 # window (issue 13); runs from before it close at pr_opened.
 _PATCH_FOLLOW_FIX = "follow-fix"
 
+# The blame and the log of the failing lines need no code index: investigate runs while the
+# index is brought to the commit, and only the related-code search waits for it.
+_PATCH_INVESTIGATE_WHILE_INDEXING = "investigate-while-indexing"
+
 # The forge is watched by an activity that asks every change_poll_s; it returns after this
 # long so the workflow's history grows by a few events per watch, not per poll.
 _WATCH_SPAN = timedelta(hours=6)
@@ -292,6 +296,17 @@ class IncidentWorkflow:
             self._suite_before = asyncio.create_task(self._run_suite_before(worktree))
 
         self._set_phase(Phase.INDEXING)
+        subject = InvestigateRequest(
+            incident_id=status.incident_id,
+            worktree=worktree,
+            error=start.event.error,
+            frames=start.event.frames,
+        )
+        investigation = (
+            asyncio.create_task(self._investigate(subject))
+            if workflow.patched(_PATCH_INVESTIGATE_WHILE_INDEXING)
+            else None
+        )
         index_request = IndexRequest(
             worktree=worktree, incident_id=status.incident_id, frames=start.event.frames
         )
@@ -303,15 +318,7 @@ class IncidentWorkflow:
         )
 
         self._set_phase(Phase.INVESTIGATING)
-        subject = InvestigateRequest(
-            incident_id=status.incident_id,
-            worktree=worktree,
-            error=start.event.error,
-            frames=start.event.frames,
-        )
-        evidence = await self._call(
-            GitActivities.investigate, subject, timeout=timedelta(minutes=5)
-        )
+        evidence = await (investigation or self._investigate(subject))
         if indexed is not None:
             related = await self._optional(
                 IndexActivities.find_related,
@@ -923,6 +930,9 @@ class IncidentWorkflow:
             task_queue=task_queue,
             summary=temporal_ui.step_summary(activity.__name__, self._status),
         )
+
+    async def _investigate(self, subject: InvestigateRequest) -> Evidence:
+        return await self._call(GitActivities.investigate, subject, timeout=timedelta(minutes=5))
 
     async def _run_suite_before(self, worktree: Worktree) -> None:
         """The early suite run is only ever a head start: its failure is no failure of the
