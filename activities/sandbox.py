@@ -537,16 +537,11 @@ class SandboxActivities:
         return _run_of(label, record, ran_now).model_copy(update={"log": ref})
 
 
+# What a kept record and a reported run have in common (the record adds its log and commit).
+_RECORDED = ("exit_code", "timed_out", "signal", "duration_s", "passed", "failed", "failures")
+
+
 def _run_of(label: str, record: RunRecord, ran_now: bool) -> CommandRun:
     """A finished run as a verification reports it, without its log."""
-    return CommandRun(
-        label=label,
-        exit_code=record.exit_code,
-        timed_out=record.timed_out,
-        signal=record.signal,
-        duration_s=record.duration_s,
-        passed=record.passed,
-        failed=record.failed,
-        failures=record.failures,
-        cached_from=None if ran_now else record.commit,
-    )
+    recorded = {name: getattr(record, name) for name in _RECORDED}
+    return CommandRun(label=label, cached_from=None if ran_now else record.commit, **recorded)

@@ -422,7 +422,8 @@ async def test_weeks_of_following_continue_as_new_as_the_same_incident(merged: b
             assert status.incident_id == incident_id
             assert status.fix is not None and status.fix.stale_reports == 12
             assert status.fix.releases_seen == {OLD: False, FIXED: True}
-            await found.terminate("test over")
+            # By id, not run: the deploy's events may have made this run continue as new too.
+            await client.get_workflow_handle(found.id).terminate("test over")
     finally:
         await env.shutdown()
 
