@@ -331,13 +331,11 @@ def test_the_suite_with_the_regression_test_is_told_apart() -> None:
         "regression-after", 0, 1, "after"
     )  # fmt: skip
 
-    broken = _run("after", 1, 4, 2, "tests/test_cart.py::test_total", test_id)
-    suite, test = _told_apart(broken, before, test_before)
-    assert (suite.exit_code, suite.passed, suite.failures) == (
-        1,
-        4,
-        ["tests/test_cart.py::test_total"],
-    )
+    # A suite that failed before fails after as it did: the test's failure is told apart.
+    cart = "tests/test_cart.py::test_total"
+    failing = _run("before", 1, 4, 1, cart)
+    suite, test = _told_apart(_run("after", 1, 4, 2, cart, test_id), failing, test_before)
+    assert (suite.exit_code, suite.passed, suite.failures) == (1, 4, [cart])
     assert (test.exit_code, test.passed, test.failures) == (1, 0, [test_id])
 
     # pytest's ids are relative to its rootdir: the test's own run before names them so.
@@ -365,6 +363,8 @@ def test_a_run_that_cannot_be_told_apart_is_not() -> None:
         "a failure no count shows": _run("after", 3, 6, 0),
         "counts that say a test failed, exit 0": _run("after", 0, 5, 1),
         "two failures named, one counted": _run("after", 1, 5, 1, "elsewhere", TEST_PATH),
+        # In one process the test may have broken the suite: only a run alone can say.
+        "a suite failure new after the patch": _run("after", 1, 4, 1, "tests/test_cart.py::x"),
         "timed out": _run("after", 0, 6, 0).model_copy(update={"timed_out": True}),
     }
     for why, combined in cannot.items():
@@ -559,6 +559,37 @@ async def test_a_regression_test_the_suite_does_not_collect_runs_alone_after_the
     assert [run.ran_with for run in result.runs] == [None] * 4
     assert [run.passed for run in result.runs] == [1, 0, 1, 1]
     assert "2 passed" not in shop.store.get_text(f"{INCIDENT}/verify/after.log")
+
+
+SPOILER = """import builtins
+
+builtins.sum = lambda *args, **kwargs: -1  # every test collected after this one sees it
+
+
+def test_an_item_without_qty_counts_once():
+    from app.cart import total
+
+    assert total([{"price": 2}]) == 2
+"""
+
+
+@needs_sandbox
+async def test_a_regression_test_that_breaks_the_suite_in_its_run_is_not_held_against_the_fix(
+    tmp_path: Path,
+) -> None:
+    shop = Shop(tmp_path, PYTEST)
+    patch = shop.patch('item["qty"]', 'item.get("qty", 1)')
+    spoiler = RegressionTest(
+        path="tests/test_a_spoiler.py",
+        content=shop.store.put_text(f"{INCIDENT}/regression/spoiler.py", SPOILER),
+    )
+    result = await shop.verify(patch, spoiler)
+
+    assert "1 failed" in shop.store.get_text(f"{INCIDENT}/verify/regression-before.log")
+    # Together, the suite's test failed; alone it passes, and that is the verdict.
+    assert result.status == "passed" and result.new_failures == [], result.summary
+    assert [run.ran_with for run in result.runs] == [None] * 4
+    assert result.runs[2].exit_code == 0 and result.reproduced is False
 
 
 async def test_without_a_test_command_verification_is_skipped(tmp_path: Path) -> None:

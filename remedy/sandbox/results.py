@@ -94,7 +94,9 @@ def split_regression_test(
     with the test in its tree: (after, regression-after), both keeping the run's log. None when
     the output cannot tell them apart (no counts, a limit hit, totals that do not add up to the
     suite's before plus the test's own, as when the patch changes the tests or the suite does
-    not collect the test, or failures that cannot be told apart): then each runs on its own.
+    not collect the test, or failures that cannot be told apart), and when the suite's part
+    fails where it did not before, which in one process may be the test's doing: then each
+    runs on its own.
 
     The test's failures are the ones named after its file, as pytest names it (the file part
     of the ids its own run printed before the patch, or `test_path`) or as unittest names its
@@ -123,6 +125,10 @@ def split_regression_test(
     suite_passed = passed - test_passed
     if min(suite_failed, test_passed, suite_passed) < 0 or (suite_failures and not suite_failed):
         return None
+    if suite_failed and (
+        suite_before.exit_code == 0 or set(suite_failures) - set(suite_before.failures)
+    ):
+        return None  # maybe the test's doing (state it changed for the tests after it): alone
 
     def part(label: str, passed: int, failed: int, failures: list[str]) -> CommandRun:
         exit_code = combined.exit_code if failed else 0
