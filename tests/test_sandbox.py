@@ -429,10 +429,12 @@ class Shop:
             applied=True, files=["app/cart.py"], lines_added=1, lines_removed=1, diff=ref
         )
 
-    def regression(self, path: str = "tests/test_regression_qty.py") -> RegressionTest:
+    def regression(
+        self, path: str = "tests/test_regression_qty.py", text: str = REGRESSION
+    ) -> RegressionTest:
+        """The model's regression test, stored as write_regression_test stores it."""
         return RegressionTest(
-            path=path,
-            content=self.store.put_text(f"{INCIDENT}/regression/test_file.py", REGRESSION),
+            path=path, content=self.store.put_text(f"{INCIDENT}/regression/test_file.py", text)
         )
 
     async def verify(
@@ -520,10 +522,7 @@ async def test_a_regression_test_that_passes_before_the_fix_reproduces_nothing(
 ) -> None:
     shop = Shop(tmp_path, PYTEST)
     patch = shop.patch('item["qty"]', 'item.get("qty", 1)')
-    trivial = RegressionTest(
-        path="tests/test_trivial.py",
-        content=shop.store.put_text(f"{INCIDENT}/regression/t.py", "def test_ok():\n    pass\n"),
-    )
+    trivial = shop.regression("tests/test_trivial.py", "def test_ok():\n    pass\n")
     result = await shop.verify(patch, trivial)
     assert result.status == "passed" and result.reproduced is False
     assert "not reproduced" in result.summary
@@ -579,11 +578,7 @@ async def test_a_regression_test_that_breaks_the_suite_in_its_run_is_not_held_ag
 ) -> None:
     shop = Shop(tmp_path, PYTEST)
     patch = shop.patch('item["qty"]', 'item.get("qty", 1)')
-    spoiler = RegressionTest(
-        path="tests/test_a_spoiler.py",
-        content=shop.store.put_text(f"{INCIDENT}/regression/spoiler.py", SPOILER),
-    )
-    result = await shop.verify(patch, spoiler)
+    result = await shop.verify(patch, shop.regression("tests/test_a_spoiler.py", SPOILER))
 
     assert "1 failed" in shop.store.get_text(f"{INCIDENT}/verify/regression-before.log")
     # Together, the suite's test failed; alone it passes, and that is the verdict.
